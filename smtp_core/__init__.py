@@ -1,0 +1,63 @@
+"""smtp_core: a sans-IO SMTP server engine in the style of h11.
+
+Bytes go in (`receive_data`), events come out (`next_event`), decisions go in (`send`), and
+replies come out (`data_to_send`). It does no I/O and imports nothing outside the stdlib.
+"""
+
+from ._config import Config
+from ._connection import Answer, ServerConnection
+from ._decisions import Accept, Close, Decision, Reject
+from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from ._events import (
+    DECISION_EVENTS,
+    NEED_DATA,
+    PAUSED,
+    AuthCredentials,
+    Closed,
+    Connected,
+    Event,
+    Hello,
+    MailFrom,
+    MailParams,
+    Message,
+    Quit,
+    RcptParams,
+    RcptTo,
+    Reset,
+    Signal,
+    StartTLS,
+)
+from ._reply import Reply
+from ._state import State
+
+__all__ = [
+    "DECISION_EVENTS",
+    "NEED_DATA",
+    "PAUSED",
+    "Accept",
+    "Answer",
+    "AuthCredentials",
+    "Close",
+    "Closed",
+    "Config",
+    "Connected",
+    "Decision",
+    "Event",
+    "Hello",
+    "LocalProtocolError",
+    "MailFrom",
+    "MailParams",
+    "Message",
+    "ProtocolError",
+    "Quit",
+    "RcptParams",
+    "RcptTo",
+    "Reject",
+    "RemoteProtocolError",
+    "Reply",
+    "Reset",
+    "ServerConnection",
+    "Signal",
+    "StartTLS",
+    "State",
+]

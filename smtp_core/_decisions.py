@@ -1,0 +1,51 @@
+"""The application's answers to events: Accept, Reject or Close (the seed's eAccept, eReject,
+eClose). Pure data, so that handlers can re-export them without depending on any transport.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import final
+
+__all__ = ["Accept", "Close", "Decision", "Reject"]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """Let the command through. `text` replaces the standard reply text."""
+
+    text: str | None = None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """Refuse the command; the session goes on. A 4xx `code` is a temporary failure.
+
+    A missing code or text gets the standard one for the event (550 for MAIL and RCPT, 554 for
+    the message and the greeting, 535 for AUTH).
+    """
+
+    code: int | None = None
+    text: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.code is not None and not 400 <= self.code <= 599:
+            raise ValueError(f"Reject code must be 4xx or 5xx, not {self.code}")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Refuse the command and drop the connection after the reply."""
+
+    code: int = 421
+    text: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 400 <= self.code <= 599:
+            raise ValueError(f"Close code must be 4xx or 5xx, not {self.code}")
+
+
+Decision = Accept | Reject | Close

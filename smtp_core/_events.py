@@ -1,0 +1,176 @@
+"""Events: what the engine tells the application.
+
+Events are frozen, slotted dataclasses built with keywords only. Don't subclass them. The ones
+in `DECISION_EVENTS` pause the engine until `ServerConnection.send()` answers them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Final, final
+
+__all__ = [
+    "DECISION_EVENTS",
+    "NEED_DATA",
+    "PAUSED",
+    "AuthCredentials",
+    "Closed",
+    "Connected",
+    "Event",
+    "Hello",
+    "MailFrom",
+    "MailParams",
+    "Message",
+    "Quit",
+    "RcptParams",
+    "RcptTo",
+    "Reset",
+    "Signal",
+    "StartTLS",
+]
+
+
+class Signal(enum.Enum):
+    """What `next_event()` returns when it has no event."""
+
+    #: The engine needs more bytes from the peer before it can go on.
+    NEED_DATA = "NEED_DATA"
+    #: An event is waiting for the application's decision (or a TLS handshake is running).
+    PAUSED = "PAUSED"
+
+
+NEED_DATA: Final = Signal.NEED_DATA
+PAUSED: Final = Signal.PAUSED
+
+
+class Event:
+    """Base class of all events."""
+
+    __slots__ = ()
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MailParams:
+    """The ESMTP parameters of MAIL FROM, parsed and decoded (xtext undone)."""
+
+    size: int | None = None
+    body: str | None = None  #: "7BIT" or "8BITMIME"
+    smtputf8: bool = False
+    ret: str | None = None  #: DSN RET: "FULL" or "HDRS"
+    envid: str | None = None  #: DSN ENVID
+    auth: str | None = None  #: AUTH= mailbox, or "<>"
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RcptParams:
+    """The ESMTP parameters of RCPT TO, parsed and decoded."""
+
+    #: DSN NOTIFY: ("NEVER",) or some of SUCCESS, FAILURE, DELAY.
+    notify: tuple[str, ...] | None = None
+    orcpt: tuple[str, str] | None = None  #: DSN ORCPT: (address type, original recipient)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Connected(Event):
+    """A client connected; answer Accept to greet it (220), Reject (554) or Close (421)."""
+
+    peer: tuple[str, int] | None
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hello(Event):
+    """HELO, EHLO or (in LMTP) LHLO. `extended` is true for EHLO and LHLO."""
+
+    hostname: str
+    extended: bool
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthCredentials(Event):
+    """A completed SASL exchange; Accept logs the client in as `username`."""
+
+    mechanism: str
+    username: str
+    password: str = field(repr=False)
+    authzid: str = ""
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MailFrom(Event):
+    """MAIL FROM. `sender` is "" for the null reverse-path <>."""
+
+    sender: str
+    params: MailParams
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RcptTo(Event):
+    """One RCPT TO."""
+
+    recipient: str
+    params: RcptParams
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message(Event):
+    """The complete message, dot-unstuffed, with its envelope.
+
+    In LMTP mode `send()` may answer it with a mapping of recipient to decision.
+    """
+
+    content: bytes = field(repr=False)
+    sender: str
+    recipients: tuple[str, ...]
+    params: MailParams
+    rcpt_params: tuple[RcptParams, ...]
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartTLS(Event):
+    """STARTTLS. Accept sends 220 and pauses; call `tls_started()` after the handshake."""
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reset(Event):
+    """RSET: the transaction was abandoned. Informational, needs no answer."""
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Quit(Event):
+    """QUIT: 221 is already queued. `Closed` follows."""
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Closed(Event):
+    """The session is over. Send what `data_to_send()` holds, then close the socket.
+
+    `reason` is one of "quit", "eof", "refused" (the application chose Close), "errors"
+    (too many errors), "auth" (too many failed logins), "forbidden" (an HTTP-like command) or
+    "aborted" (`abort()` was called).
+    """
+
+    reason: str
+
+
+DECISION_EVENTS: Final[tuple[type[Event], ...]] = (
+    Connected,
+    Hello,
+    AuthCredentials,
+    MailFrom,
+    RcptTo,
+    Message,
+    StartTLS,
+)

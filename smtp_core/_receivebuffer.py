@@ -1,0 +1,113 @@
+"""The receive buffer: one bytearray with a read offset, searched with bytes methods only.
+
+Consumed bytes are dropped lazily (`compact()`), so a burst of pipelined commands is parsed
+without copying the rest of the buffer after each one.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final, final
+
+__all__ = ["TOO_LONG", "ReceiveBuffer", "TooLong"]
+
+_DATA_END: Final = b"\r\n.\r\n"
+
+
+class TooLong(enum.Enum):
+    TOO_LONG = "TOO_LONG"
+
+
+TOO_LONG: Final = TooLong.TOO_LONG
+
+
+@final
+class ReceiveBuffer:
+    __slots__ = ("_data", "_pos", "_scan", "_skipping")
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._pos = 0  # start of unconsumed bytes
+        self._scan = 0  # where the next search for a terminator resumes
+        self._skipping = False  # inside an over-long line
+
+    def __len__(self) -> int:
+        return len(self._data) - self._pos
+
+    def __bytes__(self) -> bytes:
+        return bytes(self._data[self._pos :])
+
+    def append(self, data: bytes | bytearray) -> None:
+        self._data += data
+
+    def compact(self) -> None:
+        """Drop consumed bytes; call when the caller is about to wait for more data."""
+        if self._pos:
+            del self._data[: self._pos]
+            self._scan = max(self._scan - self._pos, 0)
+            self._pos = 0
+
+    def clear(self) -> None:
+        self._data.clear()
+        self._pos = self._scan = 0
+        self._skipping = False
+
+    def line(self, limit: int) -> bytes | TooLong | None:
+        """Take one line ending in LF (CR LF or bare LF), without its ending.
+
+        None: no full line yet. TOO_LONG: the line was longer than `limit`; its bytes are
+        dropped as they arrive (memory stays bounded) and TOO_LONG is returned once, when the
+        line finally ends, so the caller answers it once and is back in sync.
+        """
+        data = self._data
+        pos = self._pos
+        end = data.find(b"\n", max(self._scan, pos))
+        if end < 0:
+            if len(data) - pos > limit:
+                self.clear()
+                self._skipping = True
+            else:
+                self._scan = len(data)
+            return None
+        self._pos = self._scan = end + 1
+        if self._skipping or end + 1 - pos > limit:
+            self._skipping = False
+            return TOO_LONG
+        if end > pos and data[end - 1] == 13:
+            end -= 1
+        return bytes(data[pos:end])
+
+    def take(self, count: int) -> bytes:
+        """Take up to `count` bytes."""
+        pos = self._pos
+        chunk = bytes(self._data[pos : pos + count])
+        self._pos = self._scan = pos + len(chunk)
+        return chunk
+
+    def data_end(self, at_start: bool) -> int:
+        """The index just past the message text up to and including the CRLF before the final
+        dot, relative to the read offset, or -1. `at_start`: the text began right here, so the
+        DATA line's own CRLF counts as the one before the dot."""
+        data = self._data
+        pos = self._pos
+        if at_start and data.startswith(b".\r\n", pos):
+            return 0
+        found = data.find(_DATA_END, max(self._scan - 4, pos))
+        if found < 0:
+            self._scan = len(data)
+            return -1
+        return found + 2 - pos
+
+    def skip(self, count: int) -> None:
+        self._pos += count
+        self._scan = self._pos
+
+    def discard_keeping_tail(self, keep: int) -> int:
+        """Drop all but the last `keep` unconsumed bytes (an oversized message); returns how
+        many were dropped."""
+        dropped = max(len(self) - keep, 0)
+        if dropped:
+            del self._data[: self._pos + dropped]
+            self._pos = 0
+            self._scan = 0
+        return dropped
