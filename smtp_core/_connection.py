@@ -149,6 +149,21 @@ class ServerConnection:
         return tuple(self._recipients)
 
     @property
+    def mail_params(self) -> MailParams:
+        """The accepted MAIL FROM parameters (empty outside a transaction)."""
+        return self._mail_params
+
+    @property
+    def rcpt_params(self) -> tuple[RcptParams, ...]:
+        """The parameters of each accepted recipient, in `recipients` order."""
+        return tuple(self._rcpt_params)
+
+    @property
+    def reading_chunk(self) -> bool:
+        """True while the octets of a BDAT chunk are arriving."""
+        return self._chunk_left >= 0
+
+    @property
     def auth_offered(self) -> bool:
         c = self.config
         return bool(c.auth_mechanisms) and (self._tls or c.auth_allow_plaintext)

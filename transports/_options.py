@@ -1,0 +1,123 @@
+"""Server options shared by every transport, and the App that turns them into sessions."""
+
+from __future__ import annotations
+
+import dataclasses
+import ssl
+from dataclasses import dataclass, field
+from typing import final
+
+from handlers import Handler, HandlerFactory
+from smtp_core import Config, Reply, ServerConnection
+
+from ._limits import ConnectionLimits
+from ._pump import HookPlan, Pump, plan_for
+
+__all__ = ["App", "ServerOptions"]
+
+Address = tuple[str, int]
+
+
+@final
+@dataclass(frozen=True, kw_only=True)
+class ServerOptions:
+    """How a server listens, limits and times out. `config` shapes each SMTP session."""
+
+    config: Config = field(default_factory=Config)
+    #: Plain SMTP listeners (STARTTLS is offered on them when `ssl_context` is set).
+    listen: tuple[Address, ...] = (("127.0.0.1", 1025),)
+    #: Implicit-TLS (SMTPS) listeners; they need `ssl_context`.
+    tls_listen: tuple[Address, ...] = ()
+    ssl_context: ssl.SSLContext | None = None
+    #: Idle timeout per command, in seconds (421 4.4.2 on expiry). RFC 5321 asks for 5 minutes.
+    timeout: float = 300.0
+    #: Deadline for receiving one whole message, in seconds.
+    data_timeout: float = 600.0
+    #: The TLS handshake must finish within this many seconds.
+    tls_handshake_timeout: float = 30.0
+    max_connections: int = 1000
+    #: Per client IP; 0 disables. Loopback is exempt, like Postfix's $mynetworks exception.
+    max_per_ip: int = 50
+    #: Worker threads for plain (blocking) hooks.
+    workers: int = 32
+    #: On shutdown, how long transactions in flight may take before they are cut off.
+    grace_period: float = 30.0
+    #: Prepend a Received: header to each message, as Postfix does.
+    received_header: bool = True
+    #: Open listeners with SO_REUSEPORT, so that several processes can share a port.
+    reuse_port: bool = False
+    #: The anyio transport's backend: "asyncio" or "trio".
+    anyio_backend: str = "asyncio"
+    #: The asyncio transport uses uvloop when installed, unless this is False.
+    uvloop: bool = True
+
+    def __post_init__(self) -> None:
+        if self.tls_listen and self.ssl_context is None:
+            raise ValueError("tls_listen needs an ssl_context")
+        if not self.listen and not self.tls_listen:
+            raise ValueError("nothing to listen on")
+        for name in ("timeout", "data_timeout", "tls_handshake_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.max_connections < 1 or self.workers < 1 or self.max_per_ip < 0:
+            raise ValueError("max_connections and workers must be positive, max_per_ip >= 0")
+        if self.grace_period < 0:
+            raise ValueError("grace_period must be >= 0")
+        if self.anyio_backend not in ("asyncio", "trio"):
+            raise ValueError("anyio_backend is 'asyncio' or 'trio'")
+
+
+@final
+class App:
+    """What every transport needs from the application: new sessions, admission, refusal.
+
+    Transport-neutral; one per server.
+    """
+
+    def __init__(self, factory: HandlerFactory, options: ServerOptions) -> None:
+        self.factory = factory
+        self.options = options
+        self.limits = ConnectionLimits(options.max_connections, options.max_per_ip)
+        self._configs: dict[HookPlan, Config] = {}
+
+    def handler_class(self) -> type[Handler]:
+        """The handler class, without making a handler when the factory is a class."""
+        factory = self.factory
+        inner = getattr(factory, "func", factory)  # functools.partial
+        if isinstance(inner, type) and issubclass(inner, Handler):
+            return inner
+        return type(factory())
+
+    def config_for(self, plan: HookPlan) -> Config:
+        """The session Config: STARTTLS when we have TLS, AUTH when the handler checks it."""
+        config = self._configs.get(plan)
+        if config is None:
+            base = self.options.config
+            changes: dict[str, object] = {"tls_available": self.options.ssl_context is not None}
+            if plan.offers_auth and not base.auth_mechanisms:
+                changes["auth_mechanisms"] = ("PLAIN", "LOGIN")
+            elif not plan.offers_auth:
+                changes["auth_mechanisms"] = ()
+            config = self._configs[plan] = dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+        return config
+
+    def new_session(self, peer: Address | None, *, tls: bool = False) -> Pump:
+        handler = self.factory()
+        plan = plan_for(type(handler))
+        conn = ServerConnection(self.config_for(plan), peer, tls=tls)
+        o = self.options
+        return Pump(
+            conn,
+            handler,
+            timeout=o.timeout,
+            data_timeout=o.data_timeout,
+            received_header=o.received_header,
+        )
+
+    def refusal(self, reason: str) -> bytes:
+        """The 421 for a client turned away by a connection limit (no session is made)."""
+        text = f"{self.options.config.hostname} Error: {reason}"
+        reply = Reply(code=421, text=(text,), enhanced="4.7.0")
+        from smtp_core._reply import format_reply
+
+        return format_reply(reply, enhanced=self.options.config.enhanced_status_codes)

@@ -1,0 +1,186 @@
+"""The programmatic API: `Server` (start and stop it) and `serve()` (run in the foreground).
+
+A Server binds its listeners itself, then hands them to a Runner, the one piece that differs
+between transports. Each Runner serves the sockets until `stop()` and shares everything else
+(sessions, limits, options) through `App`.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import logging
+import signal
+import socket
+import threading
+import types
+from collections.abc import Callable
+from typing import ClassVar, final
+
+from handlers import HandlerFactory
+
+from ._listen import Address, bind, drop_privileges
+from ._options import App, ServerOptions
+
+__all__ = ["TRANSPORTS", "Runner", "Server", "serve"]
+
+log = logging.getLogger("smtpkit")
+
+#: transport name -> "module:Runner class", imported on first use.
+TRANSPORTS: dict[str, str] = {
+    "asyncio": "transports._asyncio:AsyncioRunner",
+    "anyio": "transports._anyio:AnyioRunner",
+    "threads": "transports._threads:ThreadsRunner",
+}
+
+
+class Runner(abc.ABC):
+    """One transport's serving loop. `run()` blocks in its thread until stopped.
+
+    `stop()` is called from any thread or from a signal handler in the run() thread; it is
+    idempotent. It starts a graceful shutdown: stop accepting, send 421 4.3.2 to idle
+    sessions, let transactions in flight finish for up to `options.grace_period`, then cut
+    them off, and return from `run()`.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    @classmethod
+    def check(cls, app: App) -> None:
+        """Refuse, before binding, what this transport cannot do (raise ValueError)."""
+        return None
+
+    @abc.abstractmethod
+    def run(
+        self,
+        listeners: list[socket.socket],
+        tls_listeners: list[socket.socket],
+        ready: Callable[[], None],
+    ) -> None:
+        """Serve until stopped. Call `ready()` once accepting. Close the listeners on exit."""
+
+    @abc.abstractmethod
+    def stop(self) -> None: ...
+
+
+def _runner_class(transport: str) -> type[Runner]:
+    try:
+        target = TRANSPORTS[transport]
+    except KeyError:
+        raise ValueError(f"unknown transport {transport!r}; one of {sorted(TRANSPORTS)}") from None
+    module, _, attr = target.partition(":")
+    cls: type[Runner] = getattr(importlib.import_module(module), attr)
+    return cls
+
+
+@final
+class Server:
+    """An SMTP server: `start()` serves in a background thread, `stop()` ends it gracefully.
+
+    >>> with Server(MyHandler, ServerOptions(listen=(("127.0.0.1", 0),))) as server:
+    ...     host, port = server.addresses[0]
+    """
+
+    def __init__(
+        self,
+        handler_factory: HandlerFactory,
+        options: ServerOptions | None = None,
+        *,
+        transport: str = "asyncio",
+        user: str | None = None,
+    ) -> None:
+        self.options = options if options is not None else ServerOptions()
+        self.transport = transport
+        self.app = App(handler_factory, self.options)
+        self._runner_cls = _runner_class(transport)
+        self._runner_cls.check(self.app)
+        self._user = user
+        self._runner: Runner | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.addresses: list[Address] = []
+        self.tls_addresses: list[Address] = []
+
+    def _bind(self) -> tuple[list[socket.socket], list[socket.socket]]:
+        o = self.options
+        plain = bind(o.listen, reuse_port=o.reuse_port)
+        try:
+            secure = bind(o.tls_listen, reuse_port=o.reuse_port)
+        except BaseException:
+            for sock in plain:
+                sock.close()
+            raise
+        self.addresses = [sock.getsockname()[:2] for sock in plain]
+        self.tls_addresses = [sock.getsockname()[:2] for sock in secure]
+        if self._user:
+            drop_privileges(self._user)
+        return plain, secure
+
+    def start(self) -> Server:
+        """Bind, start serving in a thread, and return once connections are accepted."""
+        if self._thread is not None:
+            raise RuntimeError("server already started")
+        plain, secure = self._bind()
+        self._runner = self._runner_cls(self.app)
+        ready = threading.Event()
+
+        def main() -> None:
+            assert self._runner is not None
+            try:
+                self._runner.run(plain, secure, ready.set)
+            except BaseException as exc:
+                self._error = exc
+                log.exception("%s transport failed", self.transport)
+            finally:
+                ready.set()
+
+        self._thread = threading.Thread(target=main, name=f"smtpkit-{self.transport}", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if self._error is not None:
+            raise RuntimeError(f"{self.transport} transport failed to start") from self._error
+        return self
+
+    def stop(self) -> None:
+        """Shut down gracefully and wait for the serving thread to end."""
+        if self._runner is not None:
+            self._runner.stop()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def serve_forever(self) -> None:
+        """Serve in this thread until SIGTERM or SIGINT, then shut down gracefully."""
+        plain, secure = self._bind()
+        runner = self._runner = self._runner_cls(self.app)
+
+        def on_signal(signum: int, frame: types.FrameType | None) -> None:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            runner.stop()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            runner.run(plain, secure, lambda: None)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def serve(
+    handler_factory: HandlerFactory,
+    options: ServerOptions | None = None,
+    *,
+    transport: str = "asyncio",
+    user: str | None = None,
+) -> None:
+    """Run an SMTP server in the foreground until SIGTERM or SIGINT."""
+    Server(handler_factory, options, transport=transport, user=user).serve_forever()
