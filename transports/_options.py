@@ -78,7 +78,7 @@ class App:
         self.factory = factory
         self.options = options
         self.limits = ConnectionLimits(options.max_connections, options.max_per_ip)
-        self._configs: dict[HookPlan, Config] = {}
+        self._configs: dict[bool, Config] = {}  # keyed by whether the handler checks AUTH
 
     def handler_class(self) -> type[Handler]:
         """The handler class, without making a handler when the factory is a class."""
@@ -90,7 +90,7 @@ class App:
 
     def config_for(self, plan: HookPlan) -> Config:
         """The session Config: STARTTLS when we have TLS, AUTH when the handler checks it."""
-        config = self._configs.get(plan)
+        config = self._configs.get(plan.offers_auth)
         if config is None:
             base = self.options.config
             changes: dict[str, object] = {"tls_available": self.options.ssl_context is not None}
@@ -98,7 +98,7 @@ class App:
                 changes["auth_mechanisms"] = ("PLAIN", "LOGIN")
             elif not plan.offers_auth:
                 changes["auth_mechanisms"] = ()
-            config = self._configs[plan] = dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+            config = self._configs[plan.offers_auth] = dataclasses.replace(base, **changes)  # type: ignore[arg-type]
         return config
 
     def new_session(self, peer: Address | None, *, tls: bool = False) -> Pump:

@@ -31,8 +31,6 @@ from typing import Any, Final, final
 from handlers import Accept, Close, Envelope, Handler, Reject, Session
 from handlers._handler import HOOKS
 from smtp_core import (
-    NEED_DATA,
-    PAUSED,
     AuthCredentials,
     Closed,
     Connected,
@@ -46,6 +44,7 @@ from smtp_core import (
     Reply,
     Reset,
     ServerConnection,
+    Signal,
     StartTLS,
     State,
 )
@@ -89,9 +88,9 @@ class Wait(enum.Enum):
     CLOSE = "CLOSE"
 
 
+NEED_DATA: Final = Wait.NEED_DATA
 START_TLS: Final = Wait.START_TLS
 CLOSE: Final = Wait.CLOSE
-_NEED: Final = Wait.NEED_DATA
 
 
 @final
@@ -201,6 +200,7 @@ class Pump:
         self._call: HookCall | None = None
         self._event: Event | None = None
         self._over = False
+        self._out = bytearray()  # replies drained by conn.send(), not yet handed out
         self.messages = 0
         self.close_reason = ""
 
@@ -210,6 +210,12 @@ class Pump:
         self.conn.receive_data(data)
 
     def data_to_send(self) -> bytes:
+        """Every reply so far, in command order (what `send()` returned, then the rest)."""
+        if self._out:
+            self._out += self.conn.data_to_send()
+            out = bytes(self._out)
+            self._out.clear()
+            return out
         return self.conn.data_to_send()
 
     def next_action(self) -> Action:
@@ -218,10 +224,10 @@ class Pump:
             raise LocalProtocolError(f"hook {self._call.name} is still running")
         while not self._over:
             event = self.conn.next_event()
-            if event is NEED_DATA:
+            if event is Signal.NEED_DATA:
                 self._track_message_start()
-                return _NEED
-            if event is PAUSED:
+                return NEED_DATA
+            if event is Signal.PAUSED:
                 if self.conn.state is State.STARTTLS:
                     return START_TLS
                 raise LocalProtocolError("engine paused with no hook running")
@@ -306,7 +312,8 @@ class Pump:
         self.close_reason = self.close_reason or reason
         self._call = None
         self._event = None
-        return self.conn.abort(reply)
+        self._out += self.conn.abort(reply)
+        return self.data_to_send()
 
     # ------------------------------------------------------------------ internals
 
@@ -331,7 +338,7 @@ class Pump:
 
     def _dispatch(self, event: Event) -> HookCall | None:
         if isinstance(event, StartTLS):
-            self.conn.send(Accept())
+            self._out += self.conn.send(Accept())
             return None
         if isinstance(event, Quit):
             return None
@@ -396,7 +403,7 @@ class Pump:
             result = _WELCOME_ERROR if isinstance(event, Connected) else _INTERNAL_ERROR
         if isinstance(event, Message):
             result = self._message_done(event, result)
-        self.conn.send(result)
+        self._out += self.conn.send(result)
 
     def _message_done(self, event: Message, result: Any) -> Any:
         qid = self.envelope.queue_id

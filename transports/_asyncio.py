@@ -1,0 +1,394 @@
+"""The asyncio transport: Protocol/Transport (not streams), uvloop when installed.
+
+Each connection is one `SessionProtocol` driving its Pump from the loop's callbacks. Plain
+hooks go to the server's own thread pool; async hooks run as tasks. Reading pauses while a
+hook decides, and while the peer is not reading our replies, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar, cast, final
+
+from ._options import App
+from ._pump import CLOSE, NEED_DATA, START_TLS, HookCall, Mode, Pump
+from ._server import Runner
+
+__all__ = ["AsyncioRunner"]
+
+log = logging.getLogger("smtpkit")
+
+
+def _loop_factory(use_uvloop: bool) -> Callable[[], asyncio.AbstractEventLoop]:
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+@final
+class AsyncioRunner(Runner):
+    name: ClassVar[str] = "asyncio"
+
+    def __init__(self, app: App) -> None:
+        super().__init__(app)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_requested = False
+        self._stopping: asyncio.Event | None = None
+        self.sessions: set[SessionProtocol] = set()
+        self._all_closed: asyncio.Event | None = None
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            app.options.workers, thread_name_prefix="smtpkit-worker"
+        )
+        self.shutting_down = False
+
+    def run(
+        self,
+        listeners: list[socket.socket],
+        tls_listeners: list[socket.socket],
+        ready: Callable[[], None],
+    ) -> None:
+        loop = _loop_factory(self.app.options.uvloop)()
+        try:
+            loop.run_until_complete(self._main(listeners, tls_listeners, ready))
+        finally:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            loop.close()
+
+    def stop(self) -> None:
+        # Thread-safe, and safe from a signal handler running in the loop's thread.
+        self._stop_requested = True
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(stopping.set)
+
+    async def _main(
+        self,
+        listeners: list[socket.socket],
+        tls_listeners: list[socket.socket],
+        ready: Callable[[], None],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        self._all_closed = asyncio.Event()
+        self._loop = loop
+        o = self.app.options
+        servers: list[asyncio.AbstractServer] = []
+        try:
+            for sock in listeners:
+                servers.append(
+                    await loop.create_server(lambda: SessionProtocol(self, False), sock=sock)
+                )
+            for sock in tls_listeners:
+                servers.append(
+                    await loop.create_server(
+                        lambda: SessionProtocol(self, True),
+                        sock=sock,
+                        ssl=o.ssl_context,
+                        ssl_handshake_timeout=o.tls_handshake_timeout,
+                    )
+                )
+        except BaseException:
+            for server in servers:
+                server.close()
+            for sock in (*listeners, *tls_listeners):
+                sock.close()
+            raise
+        ready()
+        if not self._stop_requested:
+            await self._stopping.wait()
+        await self._shutdown(servers)
+
+    async def _shutdown(self, servers: list[asyncio.AbstractServer]) -> None:
+        self.shutting_down = True
+        for server in servers:
+            server.close()
+        for session in list(self.sessions):
+            session.shutdown_if_idle()
+        assert self._all_closed is not None
+        if self.sessions:
+            try:
+                await asyncio.wait_for(self._all_closed.wait(), self.app.options.grace_period)
+            except asyncio.TimeoutError:
+                log.warning("grace period over; cutting off %d sessions", len(self.sessions))
+                for session in list(self.sessions):
+                    session.cut_off()
+        log.info("stopped")
+
+    def session_ended(self, session: SessionProtocol) -> None:
+        self.sessions.discard(session)
+        if self.shutting_down and not self.sessions and self._all_closed is not None:
+            self._all_closed.set()
+
+
+@final
+class SessionProtocol(asyncio.Protocol):
+    """One SMTP session. All its state changes happen on the loop thread."""
+
+    def __init__(self, runner: AsyncioRunner, implicit_tls: bool) -> None:
+        self.runner = runner
+        self.implicit_tls = implicit_tls
+        self.transport: asyncio.Transport | None = None
+        self.pump: Pump | None = None
+        self.ip = ""
+        self.busy = False  # a hook or the TLS handshake is running: don't drive, don't read
+        self.lost = False
+        self.closing = False
+        self.reading = True
+        self.write_paused = False
+        self.deadline = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None  # an async hook or the TLS handshake
+
+    # ------------------------------------------------------------------ asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports quack like asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        ip, port = (str(peer[0]), int(peer[1])) if peer else ("", 0)
+        app = self.runner.app
+        reason = app.limits.admit(ip)
+        if reason is not None or self.runner.shutting_down:
+            log.info("refused [%s]:%d: %s", ip, port, reason or "shutting down")
+            transport.write(app.refusal(reason or "service shutting down"))
+            transport.close()
+            return
+        self.ip = ip
+        self.runner.sessions.add(self)
+        try:
+            self.pump = app.new_session((ip, port), tls=self.implicit_tls)
+            if self.implicit_tls:
+                ssl_object = transport.get_extra_info("ssl_object")
+                self.pump.session.tls_version = ssl_object.version() if ssl_object else None
+        except Exception:
+            log.exception("cannot start a session for [%s]:%d", ip, port)
+            transport.abort()
+            return
+        self.drive()
+
+    def data_received(self, data: bytes) -> None:
+        pump = self.pump
+        if pump is None:
+            return
+        pump.receive_data(data)
+        if not self.busy:
+            self.drive()
+
+    def eof_received(self) -> bool:
+        if self.pump is not None:
+            self.pump.receive_data(b"")
+            if not self.busy:
+                self.drive()
+        return True  # we close when the session says so
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.cancel_timer()
+        if self.pump is None:
+            return
+        if not self.closing:
+            self.pump.receive_data(b"")
+            if not self.busy:
+                self.drive()
+        if self.ip is not None and self in self.runner.sessions:
+            self.runner.app.limits.release(self.ip)
+            self.runner.session_ended(self)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.update_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.update_reading()
+
+    # ------------------------------------------------------------------ the pump loop
+
+    def drive(self) -> None:
+        pump = self.pump
+        transport = self.transport
+        assert pump is not None and transport is not None
+        try:
+            while True:
+                action = pump.next_action()
+                out = pump.data_to_send()
+                if out and not self.lost:
+                    transport.write(out)
+                if action is NEED_DATA:
+                    if self.runner.shutting_down and pump.idle:
+                        out = pump.shutting_down()
+                        if not self.lost:
+                            transport.write(out)
+                        continue
+                    self.deadline = pump.read_deadline()
+                    if self.timer is None and not self.lost:
+                        self.timer = asyncio.get_running_loop().call_later(
+                            self.deadline - time.monotonic(), self.on_timer
+                        )
+                    self.update_reading()
+                    return
+                if isinstance(action, HookCall):
+                    self.start_hook(action)
+                    return
+                if action is START_TLS:
+                    self.busy = True
+                    self.update_reading()
+                    self.task = asyncio.get_running_loop().create_task(self.start_tls())
+                    return
+                if action is CLOSE:
+                    self.close()
+                    return
+        except Exception:
+            log.exception("session with [%s] failed", self.ip)
+            self.closing = True
+            self.cancel_timer()
+            transport.abort()
+
+    def start_hook(self, call: HookCall) -> None:
+        self.busy = True
+        self.update_reading()
+        loop = asyncio.get_running_loop()
+        if call.mode is Mode.THREAD:
+            future = loop.run_in_executor(self.runner.pool, call.fn, *call.args)
+            future.add_done_callback(self.hook_finished)
+        else:
+            self.task = loop.create_task(self.run_async_hook(call))
+
+    def hook_finished(self, future: asyncio.Future[Any]) -> None:
+        pump = self.pump
+        assert pump is not None
+        if future.cancelled():
+            pump.hook_failed(asyncio.CancelledError())
+        elif (exc := future.exception()) is not None:
+            pump.hook_failed(exc)
+        else:
+            pump.hook_done(future.result())
+        self.resume()
+
+    async def run_async_hook(self, call: HookCall) -> None:
+        pump = self.pump
+        assert pump is not None
+        try:
+            result = await call.fn(*call.args)
+        except Exception as exc:
+            pump.hook_failed(exc)
+        else:
+            pump.hook_done(result)
+        self.resume()
+
+    def resume(self) -> None:
+        self.busy = False
+        if self.transport is not None:
+            self.drive()
+
+    async def start_tls(self) -> None:
+        pump, transport = self.pump, self.transport
+        assert pump is not None and transport is not None
+        loop = asyncio.get_running_loop()
+        o = self.runner.app.options
+        assert o.ssl_context is not None
+        try:
+            new = await loop.start_tls(
+                transport,
+                self,
+                o.ssl_context,
+                server_side=True,
+                ssl_handshake_timeout=o.tls_handshake_timeout,
+            )
+        except Exception as exc:  # a failed handshake ends only this session
+            log.info("TLS handshake with [%s] failed: %s", self.ip, exc)
+            self.closing = True
+            self.cancel_timer()
+            transport.abort()
+            pump.receive_data(b"")
+            self.busy = False
+            self.finish_quietly()
+            return
+        if new is None:  # the connection went away during the handshake
+            return
+        self.transport = new
+        ssl_object = new.get_extra_info("ssl_object")
+        pump.tls_started(ssl_object.version() if ssl_object else None)
+        self.reading = True  # a fresh transport reads by default
+        self.resume()
+
+    def finish_quietly(self) -> None:
+        """Run the session to its end (so the close hook runs) without a live transport."""
+        self.lost = True
+        self.drive()
+
+    # ------------------------------------------------------------------ flow control
+
+    def update_reading(self) -> None:
+        transport = self.transport
+        if transport is None or self.lost or self.closing:
+            return
+        want = not self.busy and not self.write_paused
+        if want != self.reading:
+            self.reading = want
+            if want:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
+
+    def on_timer(self) -> None:
+        self.timer = None
+        pump = self.pump
+        if pump is None or self.lost or self.closing:
+            return
+        now = time.monotonic()
+        if self.busy or now < self.deadline:
+            # A hook is deciding (no timeout then), or the peer was active since we armed.
+            delay = max(self.deadline - now, 0.05) if not self.busy else pump.timeout
+            self.timer = asyncio.get_running_loop().call_later(delay, self.on_timer)
+            return
+        out = pump.timeout_expired()
+        if self.transport is not None:
+            self.transport.write(out)
+        self.drive()
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def close(self) -> None:
+        self.closing = True
+        self.cancel_timer()
+        if self.transport is not None and not self.lost:
+            self.transport.close()
+
+    # ------------------------------------------------------------------ shutdown
+
+    def shutdown_if_idle(self) -> None:
+        pump = self.pump
+        if pump is None or self.closing or self.lost:
+            return
+        if pump.idle and not self.busy:
+            if self.transport is not None:
+                self.transport.write(pump.shutting_down())
+            self.drive()
+
+    def cut_off(self) -> None:
+        pump = self.pump
+        if pump is not None and not self.lost and not self.closing:
+            out = pump.shutting_down()
+            if self.transport is not None:
+                self.transport.write(out)
+        self.closing = True
+        self.cancel_timer()
+        if self.transport is not None:
+            self.transport.abort()
