@@ -39,7 +39,7 @@ _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 _KEYWORD: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*\Z")
 _XTEXT: Final = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*\Z")
 _XTEXT_HEX: Final = re.compile(r"\+([0-9A-F]{2})")
-MAX_ADDRESS: Final = 254 + 2
+MAX_ADDRESS: Final = 254  # RFC 5321 4.5.3.1.3: 256 octets for the path, brackets included
 
 
 def _error(code: int, enhanced: str, text: str) -> RemoteProtocolError:
@@ -105,4 +105,6 @@ def decode_xtext(value: str, key: str) -> str:
     decoded = _XTEXT_HEX.sub(lambda m: chr(int(m.group(1), 16)), value)
     if _CONTROL.search(decoded):
         raise _error(501, "5.5.4", f"Error: control character in {key}")
+    if not decoded.isascii():  # xtext carries US-ASCII (RFC 3461 4); "+C3" is not UTF-8
+        raise _error(501, "5.5.4", f"Error: non-ASCII character in {key}")
     return decoded

@@ -26,7 +26,8 @@ class Config:
     max_recipients: int = 1000
     #: Longest command line, CRLF included; longer ones get 500 (Postfix's line_length_limit).
     max_command_line: int = 2048
-    #: Longest SASL response line (Postfix's smtpd_sasl limit, for large XOAUTH2 tokens).
+    #: Longest SASL response, the base64 text without CRLF, in a continuation line or as the
+    #: AUTH command's initial response (Postfix's limit, for large XOAUTH2 tokens).
     max_auth_line: int = 12288
     #: Longest line of message text, CRLF excluded; 0 accepts any length, as Postfix does.
     max_text_line: int = 0

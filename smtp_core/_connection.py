@@ -60,10 +60,27 @@ def _peer_error(code: int, enhanced: str, text: str) -> RemoteProtocolError:
     return RemoteProtocolError(text, _r(code, enhanced, text))
 
 
+_ACCEPT: Final = Accept()
 _OK: Final = _r(250, "2.0.0", "Ok")
-_SYNTAX_ERROR: Final = _peer_error(500, "5.5.2", "Error: bad syntax")
+_MAIL_OK: Final = _r(250, "2.1.0", "Ok")
+_MAIL_NO: Final = _r(550, "5.7.1", "Error: sender rejected")
+_RCPT_OK: Final = _r(250, "2.1.5", "Ok")
+_RCPT_NO: Final = _r(550, "5.7.1", "Error: recipient rejected")
+_DATA_NO: Final = _r(554, "5.7.1", "Error: message rejected")
+_AUTH_OK: Final = _r(235, "2.7.0", "Authentication successful")
+_AUTH_NO: Final = _r(535, "5.7.8", "Error: authentication failed")
+_HELLO_NO: Final = _r(550, "5.7.1", "Error: HELO/EHLO rejected")
+_GREETING_NO: Final = _r(554, None, "Error: service refused")
+_TLS_OK: Final = _r(220, "2.0.0", "Ready to start TLS")
+_TLS_NO: Final = _r(454, "4.7.0", "TLS not available due to temporary reason")
+_GO_AHEAD: Final = _r(354, None, "End data with <CR><LF>.<CR><LF>")
+_BYE: Final = _r(221, "2.0.0", "Bye")
+_SYNTAX_ERROR: Final = _r(500, "5.5.2", "Error: bad syntax")
 _UNKNOWN: Final = _r(500, "5.5.2", "Error: command not recognized")
 _TOO_LONG: Final = _r(500, "5.5.2", "Error: line too long")
+#: A SASL response may be `max_auth_line` octets long; its line also holds CRLF and, for an
+#: initial response, "AUTH", a mechanism name (at most 20 octets, RFC 4422 3.1) and spaces.
+_AUTH_LINE_SLACK: Final = len("AUTH  ") + 20 + len("\r\n")
 
 
 @final
@@ -80,8 +97,12 @@ class ServerConnection:
         peer: tuple[str, int] | None = None,
         *,
         tls: bool = False,
+        auto_accept: frozenset[type[Event]] = frozenset(),
     ) -> None:
         self.config: Final = config if config is not None else Config()
+        #: Decision events the engine accepts itself, with the standard reply, without
+        #: returning them: for an application that has no policy for them.
+        self.auto_accept = auto_accept
         self.peer: Final = peer
         self._state = State.CONNECT
         self._buf = ReceiveBuffer()
@@ -209,6 +230,11 @@ class ServerConnection:
                 self._buf.compact()
                 return NEED_DATA
             if isinstance(event, DECISION_EVENTS):
+                if type(event) in self.auto_accept:
+                    _ANSWERS[type(event)](self, event, _ACCEPT)
+                    if self.state is State.STARTTLS:
+                        return PAUSED  # the transport runs the handshake now
+                    continue
                 self._pending = event
             return event
 
@@ -217,8 +243,7 @@ class ServerConnection:
         event = self._pending
         if event is None:
             raise LocalProtocolError("send() called with no event awaiting a decision")
-        if isinstance(answer, Mapping) and not (self.config.lmtp and isinstance(event, Message)):
-            raise LocalProtocolError("per-recipient answers are for LMTP messages only")
+        _check_answer(answer, event, lmtp=self.config.lmtp)
         self._pending = None
         _ANSWERS[type(event)](self, event, answer)
         return self.data_to_send()
@@ -298,7 +323,7 @@ class ServerConnection:
             return self._read_data()
         if self._chunk_left >= 0:
             return self._read_chunk()
-        line = self._buf.line(self.config.max_auth_line)
+        line = self._buf.line(self.config.max_auth_line + _AUTH_LINE_SLACK)
         if line is None:
             return NEED_DATA
         if state is State.AUTH:
@@ -324,8 +349,10 @@ class ServerConnection:
                 self._write(_r(221, "2.7.0", "Error: I can break rules, too. Goodbye."))
                 self._close("forbidden")
                 return None
+            if self._state is State.REFUSED:
+                raise _peer_error(503, "5.5.1", "Error: access denied, send QUIT")
             if not verb:
-                raise _SYNTAX_ERROR
+                raise RemoteProtocolError("empty command", _SYNTAX_ERROR)
             raise RemoteProtocolError("unknown command", _UNKNOWN)
         allowed, why = COMMANDS[verb]
         if self._state not in allowed:
@@ -341,8 +368,8 @@ class ServerConnection:
             if len(buf) >= 3:
                 self._data_at_start = False
             if len(buf) > self.config.max_message_size:
+                # Keeps the start flag: under 3 octets, ".\r\n" may still be arriving.
                 self._data_dropped += buf.discard_keeping_tail(4)
-                self._data_at_start = False
             return NEED_DATA
         raw = buf.take(end)
         buf.skip(3)  # ".\r\n"
@@ -423,6 +450,9 @@ class ServerConnection:
         return Hello(hostname=arg, extended=verb != "HELO")
 
     def _cmd_mail(self, verb: str, arg: str) -> Event:
+        if self._state is not State.READY:
+            why = "Error: nested MAIL command" if self._helo else "Error: send HELO/EHLO first"
+            raise _peer_error(503, "5.5.1", why)
         if arg[:5].upper() != "FROM:":
             raise _peer_error(501, "5.5.4", "Syntax: MAIL FROM:<address>")
         utf8 = self._esmtp and self.config.smtputf8
@@ -449,13 +479,15 @@ class ServerConnection:
     def _cmd_data(self, verb: str, arg: str) -> None:
         if arg:
             raise _peer_error(501, "5.5.4", "Syntax: DATA")
+        if self._state is State.CHUNKING:
+            raise _peer_error(503, "5.5.1", "Error: BDAT in progress")
         if self._state is State.MAIL:
             if self._rcpt_attempted:  # every RCPT was refused (RFC 2920 3.1)
                 raise _peer_error(554, "5.5.1", "Error: no valid recipients")
             raise _peer_error(503, "5.5.1", "Error: need RCPT command")
         self._go(Trigger.DATA)
         self._data_at_start = True
-        self._write(_r(354, None, "End data with <CR><LF>.<CR><LF>"), enhanced=False)
+        self._write(_GO_AHEAD, enhanced=False)
 
     def _cmd_bdat(self, verb: str, arg: str) -> None:
         if not self.config.chunking:
@@ -505,7 +537,7 @@ class ServerConnection:
         raise _peer_error(502, "5.5.1", "Error: command not implemented")
 
     def _cmd_quit(self, verb: str, arg: str) -> Event:
-        self._write(_r(221, "2.0.0", "Bye"))
+        self._write(_BYE)
         self._close("quit")
         return Quit()
 
@@ -534,24 +566,32 @@ class ServerConnection:
         name = name.upper()
         if name not in config.auth_mechanisms:
             raise _peer_error(504, "5.5.4", "Error: unsupported authentication mechanism")
+        initial = initial.strip(" ")
+        if len(initial) > config.max_auth_line:
+            raise _peer_error(500, "5.5.6", "Error: authentication exchange line is too long")
+        if initial == "*":
+            raise _peer_error(501, "5.7.0", "Error: authentication cancelled")
+        response = decode_response(initial.encode()) if initial else None
         self._sasl = MECHANISMS[name]()
         self._sasl_name = name
         self._go(Trigger.AUTH)
-        initial = initial.strip(" ")
-        if initial == "*":
-            return self._sasl_line(b"*")
-        return self._sasl_step(decode_response(initial.encode()) if initial else None)
+        return self._sasl_step(response)
 
     # ------------------------------------------------------------------ AUTH exchange
 
     def _sasl_line(self, line: bytes | TooLong) -> Event | None:
-        if line is TOO_LONG:
+        if line is TOO_LONG or len(line) > self.config.max_auth_line:
             self._sasl_abort()
             raise _peer_error(500, "5.5.6", "Error: authentication exchange line is too long")
         if line.strip() == b"*":
             self._sasl_abort()
             raise _peer_error(501, "5.7.0", "Error: authentication cancelled")
-        return self._sasl_step(decode_response(line.strip()))
+        try:
+            response = decode_response(line.strip())
+        except RemoteProtocolError:
+            self._sasl_abort()
+            raise
+        return self._sasl_step(response)
 
     def _sasl_step(self, response: bytes | None) -> Event | None:
         assert self._sasl is not None
@@ -640,12 +680,15 @@ class ServerConnection:
                 return "accept", answer
             return ("close" if answer.code == 421 else "reject"), answer
         if isinstance(answer, Accept):
-            text = ok.text if answer.text is None else (answer.text,)
-            return "accept", Reply(code=ok.code, text=text, enhanced=ok.enhanced)
+            if answer.text is None:
+                return "accept", ok
+            return "accept", Reply(code=ok.code, text=(answer.text,), enhanced=ok.enhanced)
         if isinstance(answer, Reject):
             code = no.code if answer.code is None else answer.code
             text = no.text if answer.text is None else (answer.text,)
-            return "reject", Reply(code=code, text=text, enhanced=_enhanced_for(code, no.enhanced))
+            # A 421 always ends the session (RFC 5321 3.8), whichever decision carried it.
+            kind = "close" if code == 421 else "reject"
+            return kind, Reply(code=code, text=text, enhanced=_enhanced_for(code, no.enhanced))
         if isinstance(answer, Close):
             text = (
                 (f"{self.config.hostname} Error: closing connection",)
@@ -661,7 +704,7 @@ class ServerConnection:
         kind, reply = self._decide(
             answer,
             _r(220, None, self.config.banner),
-            _r(554, None, "Error: service refused"),
+            _GREETING_NO,
         )
         if isinstance(answer, (Accept, Reject, Close)) and not reply.text[0].startswith(host):
             reply = Reply(code=reply.code, text=(f"{host} {reply.text[0]}",))
@@ -674,9 +717,7 @@ class ServerConnection:
     def _answer_hello(self, event: Event, answer: Answer) -> None:
         assert isinstance(event, Hello)
         host = self.config.hostname
-        kind, reply = self._decide(
-            answer, _r(250, None, host), _r(550, "5.7.1", "Error: HELO/EHLO rejected")
-        )
+        kind, reply = self._decide(answer, _r(250, None, host), _HELLO_NO)
         if kind == "accept":
             first = reply.text[0] if reply.text and reply.text[0] else host
             if not first.startswith(host):
@@ -712,8 +753,8 @@ class ServerConnection:
         assert isinstance(event, AuthCredentials)
         kind, reply = self._decide(
             answer,
-            _r(235, "2.7.0", "Authentication successful"),
-            _r(535, "5.7.8", "Error: authentication failed"),
+            _AUTH_OK,
+            _AUTH_NO,
         )
         self._go(Trigger.AUTH_DONE)
         if kind == "accept":
@@ -730,9 +771,7 @@ class ServerConnection:
 
     def _answer_mail(self, event: Event, answer: Answer) -> None:
         assert isinstance(event, MailFrom)
-        kind, reply = self._decide(
-            answer, _r(250, "2.1.0", "Ok"), _r(550, "5.7.1", "Error: sender rejected")
-        )
+        kind, reply = self._decide(answer, _MAIL_OK, _MAIL_NO)
         self._write(reply)
         if kind == "accept":
             self._sender = event.sender
@@ -743,9 +782,7 @@ class ServerConnection:
 
     def _answer_rcpt(self, event: Event, answer: Answer) -> None:
         assert isinstance(event, RcptTo)
-        kind, reply = self._decide(
-            answer, _r(250, "2.1.5", "Ok"), _r(550, "5.7.1", "Error: recipient rejected")
-        )
+        kind, reply = self._decide(answer, _RCPT_OK, _RCPT_NO)
         self._write(reply)
         if kind == "accept":
             self._recipients.append(event.recipient)
@@ -756,15 +793,12 @@ class ServerConnection:
 
     def _answer_message(self, event: Event, answer: Answer) -> None:
         assert isinstance(event, Message)
-        ok = _r(250, "2.0.0", "Ok")
-        no = _r(554, "5.7.1", "Error: message rejected")
+        ok, no = _OK, _DATA_NO
         close = False
         if self.config.lmtp:
             # RFC 2033 4.2: one reply per accepted recipient, in RCPT order.
             for rcpt in event.recipients:
-                one = answer.get(rcpt) if isinstance(answer, Mapping) else answer
-                if one is None:
-                    raise LocalProtocolError(f"no decision for recipient {rcpt!r}")
+                one = answer[rcpt] if isinstance(answer, Mapping) else answer
                 kind, reply = self._decide(one, ok, no)
                 self._write(reply)
                 close = close or kind == "close"
@@ -780,8 +814,8 @@ class ServerConnection:
     def _answer_starttls(self, event: Event, answer: Answer) -> None:
         kind, reply = self._decide(
             answer,
-            _r(220, "2.0.0", "Ready to start TLS"),
-            _r(454, "4.7.0", "TLS not available due to temporary reason"),
+            _TLS_OK,
+            _TLS_NO,
         )
         self._write(reply)
         if kind == "accept":
@@ -789,6 +823,22 @@ class ServerConnection:
             self._go(Trigger.STARTTLS)
         elif kind == "close":
             self._close("refused")
+
+
+_DECISION_TYPES: Final = (Accept, Reject, Close, Reply)
+
+
+def _check_answer(answer: object, event: Event, *, lmtp: bool) -> None:
+    """Refuse a malformed answer before any state changes, so a caller's bug leaves the
+    session exactly as it was."""
+    if isinstance(answer, Mapping):
+        if not (lmtp and isinstance(event, Message)):
+            raise LocalProtocolError("per-recipient answers are for LMTP messages only")
+        for rcpt in event.recipients:
+            if not isinstance(answer.get(rcpt), _DECISION_TYPES):
+                raise LocalProtocolError(f"no decision for recipient {rcpt!r}")
+    elif not isinstance(answer, _DECISION_TYPES):
+        raise LocalProtocolError(f"not a decision: {answer!r}")
 
 
 def _enhanced_for(code: int, standard: str | None) -> str | None:

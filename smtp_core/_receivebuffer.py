@@ -34,9 +34,6 @@ class ReceiveBuffer:
     def __len__(self) -> int:
         return len(self._data) - self._pos
 
-    def __bytes__(self) -> bytes:
-        return bytes(self._data[self._pos :])
-
     def append(self, data: bytes | bytearray) -> None:
         self._data += data
 

@@ -49,6 +49,22 @@ def _sanitise(line: str) -> str:
 
 
 def format_reply(reply: Reply, *, enhanced: bool) -> bytes:
+    """Write `reply` in wire format (see `_format`); the engine's constant replies are
+    formatted once and then served from a small cache."""
+    key = (reply, enhanced)
+    wire = _CACHE.get(key)
+    if wire is None:
+        wire = _format(reply, enhanced)
+        if len(_CACHE) < _CACHE_SIZE:
+            _CACHE[key] = wire
+    return wire
+
+
+_CACHE: dict[tuple[Reply, bool], bytes] = {}
+_CACHE_SIZE: Final = 512
+
+
+def _format(reply: Reply, enhanced: bool) -> bytes:
     """Write `reply` in wire format, one `code-` line per continuation and `code ` on the last.
 
     With `enhanced`, each line is prefixed with the enhanced status code unless the text
@@ -62,5 +78,7 @@ def format_reply(reply: Reply, *, enhanced: bool) -> bytes:
     for i, line in enumerate(lines):
         sep = " " if i == last else "-"
         extra = "" if not prefix or _LEADING_ENHANCED_RE.match(line) else prefix
-        out.append(f"{code}{sep}{extra}{line}".rstrip(" ") + "\r\n")
+        text = f"{code}{sep}{extra}{line}"
+        # RFC 4954 4: a SASL challenge is "334" SP [base64], even when the challenge is empty.
+        out.append((text if reply.code == 334 else text.rstrip(" ")) + "\r\n")
     return "".join(out).encode("utf-8")

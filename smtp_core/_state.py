@@ -89,7 +89,6 @@ TRANSITIONS: Final[dict[State, dict[Trigger, State]]] = {
     _S.CLOSED: {},
 }
 
-_ANY_OPEN: Final = frozenset(State) - {State.CONNECT, State.CLOSED}
 _SESSION: Final = frozenset({_S.GREETED, _S.READY, _S.MAIL, _S.RCPT, _S.CHUNKING})
 _HELLOED: Final = frozenset({_S.READY, _S.MAIL, _S.RCPT, _S.CHUNKING})
 
@@ -99,11 +98,12 @@ COMMANDS: Final[dict[str, tuple[frozenset[State], str]]] = {
     "HELO": (_SESSION, ""),
     "EHLO": (_SESSION, ""),
     "LHLO": (_SESSION, ""),
-    "MAIL": (frozenset({_S.READY}), "Error: send HELO/EHLO first"),
+    # MAIL and DATA pick their own 503 text (nested MAIL, no valid recipients, ...).
+    "MAIL": (_SESSION, ""),
     "RCPT": (frozenset({_S.MAIL, _S.RCPT}), "Error: need MAIL command"),
-    "DATA": (frozenset({_S.MAIL, _S.RCPT}), "Error: need MAIL command"),
+    "DATA": (frozenset({_S.MAIL, _S.RCPT, _S.CHUNKING}), "Error: need MAIL command"),
     # BDAT is checked by the command itself: a refused chunk must still be read.
-    "BDAT": (_SESSION, ""),
+    "BDAT": (_SESSION | {_S.REFUSED}, ""),
     "RSET": (_SESSION, ""),
     "NOOP": (_SESSION, ""),
     "HELP": (_SESSION, ""),
@@ -111,7 +111,7 @@ COMMANDS: Final[dict[str, tuple[frozenset[State], str]]] = {
     "EXPN": (_SESSION, ""),
     "STARTTLS": (frozenset({_S.GREETED, _S.READY}), "Error: MAIL transaction in progress"),
     "AUTH": (_SESSION, ""),
-    "QUIT": (_ANY_OPEN, ""),
+    "QUIT": (_SESSION | {_S.REFUSED}, ""),
 }
 
 

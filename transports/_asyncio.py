@@ -11,7 +11,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar, cast, final
@@ -23,6 +25,9 @@ from ._server import Runner
 __all__ = ["AsyncioRunner"]
 
 log = logging.getLogger("smtpkit")
+
+#: After the grace period, how long cut-off sessions may take to run their close hooks.
+CUTOFF_WAIT = 1.0
 
 
 def _loop_factory(use_uvloop: bool) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -105,10 +110,29 @@ class AsyncioRunner(Runner):
             for sock in (*listeners, *tls_listeners):
                 sock.close()
             raise
+        routed = self._route_signals(loop)
         ready()
-        if not self._stop_requested:
-            await self._stopping.wait()
-        await self._shutdown(servers)
+        try:
+            if not self._stop_requested:
+                await self._stopping.wait()
+            await self._shutdown(servers)
+        finally:
+            for sig in routed:
+                loop.remove_signal_handler(sig)
+
+    @staticmethod
+    def _route_signals(loop: asyncio.AbstractEventLoop) -> list[signal.Signals]:
+        """Deliver SIGTERM/SIGINT handlers through the loop. uvloop waits in C, where a
+        plain Python signal handler would only run once some other event woke the loop."""
+        if threading.current_thread() is not threading.main_thread():
+            return []
+        routed = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            handler = signal.getsignal(sig)
+            if callable(handler) and handler is not signal.default_int_handler:
+                loop.add_signal_handler(sig, handler, sig, None)
+                routed.append(sig)
+        return routed
 
     async def _shutdown(self, servers: list[asyncio.AbstractServer]) -> None:
         self.shutting_down = True
@@ -122,8 +146,13 @@ class AsyncioRunner(Runner):
                 await asyncio.wait_for(self._all_closed.wait(), self.app.options.grace_period)
             except asyncio.TimeoutError:
                 log.warning("grace period over; cutting off %d sessions", len(self.sessions))
-                for session in list(self.sessions):
+                cut = list(self.sessions)
+                for session in cut:
                     session.cut_off()
+                # Their close hooks run on the pool: give them a moment, bounded.
+                deadline = asyncio.get_running_loop().time() + CUTOFF_WAIT
+                while any(s.busy for s in cut) and asyncio.get_running_loop().time() < deadline:
+                    await asyncio.sleep(0.01)
         log.info("stopped")
 
     def session_ended(self, session: SessionProtocol) -> None:
@@ -383,12 +412,18 @@ class SessionProtocol(asyncio.Protocol):
             self.drive()
 
     def cut_off(self) -> None:
+        """The grace period is over: 421, drop the connection, then run the session to its
+        end without it, so that the close hook still runs (the stuck hook's late result is
+        dropped by the pump)."""
         pump = self.pump
-        if pump is not None and not self.lost and not self.closing:
-            out = pump.shutting_down()
-            if self.transport is not None:
-                self.transport.write(out)
-        self.closing = True
         self.cancel_timer()
-        if self.transport is not None:
+        if pump is None or self.closing:
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        out = pump.shutting_down()
+        if not self.lost and self.transport is not None:
+            self.transport.write(out)
             self.transport.abort()
+        self.busy = False
+        self.finish_quietly()

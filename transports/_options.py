@@ -104,7 +104,7 @@ class App:
     def new_session(self, peer: Address | None, *, tls: bool = False) -> Pump:
         handler = self.factory()
         plan = plan_for(type(handler))
-        conn = ServerConnection(self.config_for(plan), peer, tls=tls)
+        conn = ServerConnection(self.config_for(plan), peer, tls=tls, auto_accept=plan.auto_accept)
         o = self.options
         return Pump(
             conn,

@@ -113,6 +113,8 @@ class HookPlan:
     """Where each hook of one handler class runs, worked out once per class."""
 
     modes: Mapping[str, Mode]
+    #: Events the engine may accept by itself: their hooks are not overridden.
+    auto_accept: frozenset[type[Event]]
 
     @property
     def async_hooks(self) -> tuple[str, ...]:
@@ -144,7 +146,10 @@ def _make_plan(cls: type[Handler]) -> HookPlan:
             modes[name] = Mode.ASYNC
         else:
             modes[name] = Mode.THREAD if cls.blocking else Mode.INLINE
-    return HookPlan(modes)
+    auto = frozenset(
+        event for event, name in _AUTO_ACCEPTABLE.items() if modes[name] is Mode.DEFAULT
+    )
+    return HookPlan(modes, auto)
 
 
 def new_queue_id() -> str:
@@ -165,6 +170,8 @@ _HOOK_OF: Final[dict[type[Event], str]] = {
     Closed: "close",
 }
 _DEFAULTS: Final[dict[str, Any]] = {"auth": Reject()}
+# The welcome hook stays with the pump (it logs the connection), and data too (queue IDs).
+_AUTO_ACCEPTABLE: Final[dict[type[Event], str]] = {Hello: "ehlo", MailFrom: "mail", RcptTo: "rcpt"}
 _NOTIFY: Final = frozenset({"reset", "close"})
 
 
