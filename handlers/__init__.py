@@ -2,20 +2,28 @@
 
 Write a `Handler` subclass with the hooks you need (welcome, ehlo, auth, mail, rcpt, data);
 each returns Accept, Reject or Close. Ready-made handlers: SinkHandler, PrintHandler,
-MaildirHandler.
+MaildirHandler (one Maildir, or one per recipient), RelayHandler (to a smarthost). Policies
+(CidrBlocklist, Dnsbl, RelayControl, PasswordAuth) go in front of a handler by inheritance:
+`class Gateway(CidrBlocklist, RelayControl, RelayHandler)`. `with_password_file()` gives
+any handler an `auth` hook backed by a `PasswordFile`.
 """
 
 from smtp_core import Accept, Close, Decision, MailParams, RcptParams, Reject, Reply
 
+from ._authfile import PasswordFile, hash_password, verify_password, with_password_file
 from ._handler import Handler, HandlerFactory, HookResult
-from ._maildir import Maildir, MaildirHandler
+from ._maildir import Maildir, MaildirHandler, mailbox_name
+from ._policies import CidrBlocklist, Dnsbl, Networks, PasswordAuth, Policy, RelayControl
 from ._ready import PrintHandler, SinkHandler
+from ._relay import RelayHandler
 from ._session import Envelope, Session
 
 __all__ = [
     "Accept",
+    "CidrBlocklist",
     "Close",
     "Decision",
+    "Dnsbl",
     "Envelope",
     "Handler",
     "HandlerFactory",
@@ -23,10 +31,20 @@ __all__ = [
     "MailParams",
     "Maildir",
     "MaildirHandler",
+    "Networks",
+    "PasswordAuth",
+    "PasswordFile",
+    "Policy",
     "PrintHandler",
     "RcptParams",
     "Reject",
+    "RelayControl",
+    "RelayHandler",
     "Reply",
     "Session",
     "SinkHandler",
+    "hash_password",
+    "mailbox_name",
+    "verify_password",
+    "with_password_file",
 ]

@@ -17,7 +17,6 @@ from ._config import Config
 from ._decisions import Accept, Close, Decision, Reject
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import (
-    DECISION_EVENTS,
     NEED_DATA,
     PAUSED,
     AuthCredentials,
@@ -197,6 +196,8 @@ class ServerConnection:
             return
         if not data:
             self._eof = True
+            if self._state is State.STARTTLS:  # the peer left during the handshake
+                self._close("eof")
             return
         if self._eof:
             raise LocalProtocolError("received data after EOF")
@@ -229,7 +230,8 @@ class ServerConnection:
                     return Closed(reason="eof")
                 self._buf.compact()
                 return NEED_DATA
-            if isinstance(event, DECISION_EVENTS):
+            assert isinstance(event, Event)  # _step() never returns PAUSED
+            if type(event) in _ANSWERS:
                 if type(event) in self.auto_accept:
                     _ANSWERS[type(event)](self, event, _ACCEPT)
                     if self.state is State.STARTTLS:
@@ -342,7 +344,7 @@ class ServerConnection:
         except UnicodeDecodeError:
             raise _peer_error(500, "5.5.2", "Error: command is not valid UTF-8") from None
         verb, _, arg = text.partition(" ")
-        verb = verb.upper()
+        verb = _upper(verb)
         command = _COMMAND_TABLE.get(verb)
         if command is None:
             if verb in self.config.forbidden_commands:
@@ -493,9 +495,9 @@ class ServerConnection:
         if not self.config.chunking:
             raise RemoteProtocolError("CHUNKING is off", _UNKNOWN)
         parts = arg.split(" ")
-        if not 1 <= len(parts) <= 2 or not parts[0].isdigit() or not parts[0].isascii():
+        if not 1 <= len(parts) <= 2 or not _DIGITS.match(parts[0]):
             raise _peer_error(501, "5.5.4", "Syntax: BDAT count [LAST]")
-        if len(parts) == 2 and parts[1].upper() != "LAST":
+        if len(parts) == 2 and _upper(parts[1]) != "LAST":
             raise _peer_error(501, "5.5.4", "Syntax: BDAT count [LAST]")
         size = int(parts[0])
         # The chunk is read in every case, so that the session stays in sync (RFC 3030 2).
@@ -563,7 +565,9 @@ class ServerConnection:
         if self._user is not None:
             raise _peer_error(503, "5.5.1", "Error: already authenticated")
         name, _, initial = arg.partition(" ")
-        name = name.upper()
+        name = _upper(name)
+        if not name:
+            raise _peer_error(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
         if name not in config.auth_mechanisms:
             raise _peer_error(504, "5.5.4", "Error: unsupported authentication mechanism")
         initial = initial.strip(" ")
@@ -839,6 +843,12 @@ def _check_answer(answer: object, event: Event, *, lmtp: bool) -> None:
                 raise LocalProtocolError(f"no decision for recipient {rcpt!r}")
     elif not isinstance(answer, _DECISION_TYPES):
         raise LocalProtocolError(f"not a decision: {answer!r}")
+
+
+def _upper(text: str) -> str:
+    """Upper case for keywords, ASCII only: str.upper() turns a dotless i into "I" and a long
+    s into "S", which would make a non-ASCII word alias a command."""
+    return text.upper() if text.isascii() else text
 
 
 def _enhanced_for(code: int, standard: str | None) -> str | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, final
 
 __all__ = ["Reply", "format_reply"]
@@ -26,6 +26,10 @@ class Reply:
     code: int
     text: tuple[str, ...] = ()
     enhanced: str | None = None
+    # The wire form, by "with enhanced codes": the engine's constant replies are formatted once.
+    _wire: dict[bool, bytes] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         if not 200 <= self.code <= 599:
@@ -49,19 +53,11 @@ def _sanitise(line: str) -> str:
 
 
 def format_reply(reply: Reply, *, enhanced: bool) -> bytes:
-    """Write `reply` in wire format (see `_format`); the engine's constant replies are
-    formatted once and then served from a small cache."""
-    key = (reply, enhanced)
-    wire = _CACHE.get(key)
+    """Write `reply` in wire format (see `_format`), once per Reply object."""
+    wire = reply._wire.get(enhanced)
     if wire is None:
-        wire = _format(reply, enhanced)
-        if len(_CACHE) < _CACHE_SIZE:
-            _CACHE[key] = wire
+        wire = reply._wire[enhanced] = _format(reply, enhanced)
     return wire
-
-
-_CACHE: dict[tuple[Reply, bool], bytes] = {}
-_CACHE_SIZE: Final = 512
 
 
 def _format(reply: Reply, enhanced: bool) -> bytes:
@@ -77,7 +73,13 @@ def _format(reply: Reply, enhanced: bool) -> bytes:
     last = len(lines) - 1
     for i, line in enumerate(lines):
         sep = " " if i == last else "-"
-        extra = "" if not prefix or _LEADING_ENHANCED_RE.match(line) else prefix
+        extra = prefix
+        leading = _LEADING_ENHANCED_RE.match(line)
+        if leading:
+            if line[0] == code[0]:
+                extra = ""  # the application chose its own enhanced code
+            else:  # one of the wrong class would contradict the reply code (RFC 3463 2)
+                line = line[leading.end() :]
         text = f"{code}{sep}{extra}{line}"
         # RFC 4954 4: a SASL challenge is "334" SP [base64], even when the challenge is empty.
         out.append((text if reply.code == 334 else text.rstrip(" ")) + "\r\n")

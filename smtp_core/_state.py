@@ -17,6 +17,10 @@ __all__ = ["COMMANDS", "TRANSITIONS", "State", "Trigger", "next_state"]
 
 
 class State(enum.Enum):
+    # Members are singletons: hash them by identity, not with Enum's Python-level __hash__,
+    # since every command looks its state up in a table.
+    __hash__ = object.__hash__
+
     #: Connected; waiting for the application's verdict on the client.
     CONNECT = "CONNECT"
     #: The greeting was a 554: every command but QUIT gets 503 (RFC 5321 3.1).
@@ -42,6 +46,8 @@ class State(enum.Enum):
 
 
 class Trigger(enum.Enum):
+    __hash__ = object.__hash__
+
     GREET = "greet"  #: the application accepted the connection
     REFUSE = "refuse"  #: the application rejected it (554, wait for QUIT)
     HELLO = "HELO/EHLO accepted"

@@ -8,6 +8,7 @@ from ._listen import make_ssl_context, parse_address
 from ._options import App, ServerOptions
 from ._pump import HookCall, Mode, Pump
 from ._server import TRANSPORTS, Runner, Server, serve
+from ._testing import running_server
 
 __all__ = [
     "TRANSPORTS",
@@ -20,5 +21,6 @@ __all__ = [
     "ServerOptions",
     "make_ssl_context",
     "parse_address",
+    "running_server",
     "serve",
 ]

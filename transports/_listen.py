@@ -53,7 +53,11 @@ def bind(addresses: tuple[Address, ...], *, reuse_port: bool = False) -> list[so
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind(sockaddr)
+                try:
+                    sock.bind(sockaddr)
+                except OSError as exc:  # say which address: "Address already in use" alone won't
+                    text = f"cannot listen on {key[1]} port {port}: {exc.strerror}"
+                    raise OSError(exc.errno, text) from exc
                 sock.listen(1024)
                 sock.setblocking(False)
                 bound = sock.getsockname()

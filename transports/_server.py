@@ -104,6 +104,22 @@ class Server:
         self.addresses: list[Address] = []
         self.tls_addresses: list[Address] = []
 
+    @property
+    def host(self) -> str:
+        """The host of the first listener, once started (handy after binding port 0)."""
+        return self._first_address()[0]
+
+    @property
+    def port(self) -> int:
+        """The port of the first listener, once started (the one the OS picked for port 0)."""
+        return self._first_address()[1]
+
+    def _first_address(self) -> Address:
+        addresses = self.addresses or self.tls_addresses
+        if not addresses:
+            raise RuntimeError("the server is not listening yet: start() it first")
+        return addresses[0]
+
     def _bind(self) -> tuple[list[socket.socket], list[socket.socket]]:
         o = self.options
         plain = bind(o.listen, reuse_port=o.reuse_port)
@@ -123,8 +139,9 @@ class Server:
         """Bind, start serving in a thread, and return once connections are accepted."""
         if self._thread is not None:
             raise RuntimeError("server already started")
-        plain, secure = self._bind()
+        # The runner is made before _bind() may drop root: it imports what it needs then.
         self._runner = self._runner_cls(self.app)
+        plain, secure = self._bind()
         ready = threading.Event()
 
         def main() -> None:
@@ -154,8 +171,8 @@ class Server:
 
     def serve_forever(self) -> None:
         """Serve in this thread until SIGTERM or SIGINT, then shut down gracefully."""
-        plain, secure = self._bind()
         runner = self._runner = self._runner_cls(self.app)
+        plain, secure = self._bind()
 
         def on_signal(signum: int, frame: types.FrameType | None) -> None:
             log.info("received %s, shutting down", signal.Signals(signum).name)

@@ -1,0 +1,218 @@
+"""Every (state, command) pair: the reply each command gets in each state.
+
+States where lines are commands are reached with raw bytes; the others (DATA, AUTH, STARTTLS,
+CLOSED, CONNECT) are checked separately below: there a command line is not a command.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from helpers import FULL, codes, receive_and_get
+
+from smtp_core import Accept, Closed, LocalProtocolError, Reject, ServerConnection, State
+
+PLAIN = b"AUTH PLAIN " + base64.b64encode(b"\0user\0secret")
+
+#: How to reach each command state from a fresh connection (all decisions accepted).
+SETUP: dict[State, tuple[bytes, bool]] = {
+    # state: (bytes after the greeting, whether the greeting is accepted)
+    State.REFUSED: (b"", False),
+    State.GREETED: (b"", True),
+    State.READY: (b"EHLO c.example\r\n", True),
+    State.MAIL: (b"EHLO c.example\r\nMAIL FROM:<a@example.org>\r\n", True),
+    State.RCPT: (
+        b"EHLO c.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n",
+        True,
+    ),
+    State.CHUNKING: (
+        b"EHLO c.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nBDAT 3\r\nabc",
+        True,
+    ),
+}
+
+COMMANDS: dict[str, bytes] = {
+    "HELO": b"HELO c.example\r\n",
+    "EHLO": b"EHLO c.example\r\n",
+    "LHLO": b"LHLO c.example\r\n",
+    "MAIL": b"MAIL FROM:<x@example.org>\r\n",
+    "RCPT": b"RCPT TO:<y@example.org>\r\n",
+    "DATA": b"DATA\r\n",
+    "BDAT": b"BDAT 1 LAST\r\nx",
+    "RSET": b"RSET\r\n",
+    "NOOP": b"NOOP\r\n",
+    "HELP": b"HELP\r\n",
+    "VRFY": b"VRFY bob\r\n",
+    "EXPN": b"EXPN staff\r\n",
+    "STARTTLS": b"STARTTLS\r\n",
+    "AUTH": PLAIN + b"\r\n",
+    "QUIT": b"QUIT\r\n",
+    "unknown": b"XYZZY\r\n",
+}
+
+#: The first reply code of each command in each state; 503 marks "out of sequence".
+TABLE = """
+command   REFUSED GREETED READY MAIL RCPT CHUNKING
+HELO      503     250     250   250  250  250
+EHLO      503     250     250   250  250  250
+LHLO      503     500     500   500  500  500
+MAIL      503     503     250   503  503  503
+RCPT      503     503     503   250  250  503
+DATA      503     503     503   503  354  503
+BDAT      503     503     503   503  250  250
+RSET      503     250     250   250  250  250
+NOOP      503     250     250   250  250  250
+HELP      503     214     214   214  214  214
+VRFY      503     252     252   252  252  252
+EXPN      503     502     502   502  502  502
+STARTTLS  503     220     220   503  503  503
+AUTH      503     503     235   503  503  503
+QUIT      221     221     221   221  221  221
+unknown   503     500     500   500  500  500
+"""
+
+
+def _parse_table(table: str) -> dict[str, dict[State, int]]:
+    header, *rows = table.strip().splitlines()
+    states = [State[name] for name in header.split()[1:]]
+    return {
+        command: dict(zip(states, map(int, row_codes), strict=True))
+        for command, *row_codes in (row.split() for row in rows)
+    }
+
+
+EXPECTED = _parse_table(TABLE)
+assert set(EXPECTED) == set(COMMANDS)
+assert all(set(row) == set(SETUP) for row in EXPECTED.values())
+
+#: The state after the command, where it is not simply the state before.
+AFTER: dict[tuple[str, State], State] = {
+    ("HELO", State.GREETED): State.READY,
+    ("EHLO", State.GREETED): State.READY,
+    ("HELO", State.MAIL): State.READY,
+    ("EHLO", State.MAIL): State.READY,
+    ("HELO", State.RCPT): State.READY,
+    ("EHLO", State.RCPT): State.READY,
+    ("HELO", State.CHUNKING): State.READY,
+    ("EHLO", State.CHUNKING): State.READY,
+    ("MAIL", State.READY): State.MAIL,
+    ("RCPT", State.MAIL): State.RCPT,
+    ("DATA", State.RCPT): State.DATA,
+    ("BDAT", State.RCPT): State.READY,
+    ("BDAT", State.CHUNKING): State.READY,
+    ("RSET", State.MAIL): State.READY,
+    ("RSET", State.RCPT): State.READY,
+    ("RSET", State.CHUNKING): State.READY,
+    ("STARTTLS", State.GREETED): State.STARTTLS,
+    ("STARTTLS", State.READY): State.STARTTLS,
+}
+
+
+def reach(state: State) -> ServerConnection:
+    setup, greet = SETUP[state]
+    conn = ServerConnection(FULL)
+    conn.next_event()
+    conn.send(Accept() if greet else Reject())
+    if setup:
+        receive_and_get(conn, setup)
+    assert conn.state is state
+    return conn
+
+
+CASES = [(command, state) for command in COMMANDS for state in SETUP]
+
+
+@pytest.mark.parametrize(("command", "state"), CASES, ids=[f"{c}-{s.name}" for c, s in CASES])
+def test_command_in_state(command: str, state: State) -> None:
+    conn = reach(state)
+    _, wire = receive_and_get(conn, COMMANDS[command])
+    assert codes(wire)[0] == EXPECTED[command][state]
+    expected_after = AFTER.get((command, state), State.CLOSED if command == "QUIT" else state)
+    assert conn.state is expected_after
+
+
+def test_out_of_sequence_texts() -> None:
+    conn = reach(State.GREETED)
+    _, wire = receive_and_get(
+        conn, b"MAIL FROM:<a@example.org>\r\nRCPT TO:<a@example.org>\r\nDATA\r\n"
+    )
+    assert wire == (
+        b"503 5.5.1 Error: send HELO/EHLO first\r\n"
+        b"503 5.5.1 Error: need MAIL command\r\n"
+        b"503 5.5.1 Error: need MAIL command\r\n"
+    )
+
+
+def test_nested_mail_is_503() -> None:
+    conn = reach(State.MAIL)
+    _, wire = receive_and_get(conn, b"MAIL FROM:<x@example.org>\r\n")
+    assert wire == b"503 5.5.1 Error: nested MAIL command\r\n"
+
+
+def test_refused_text() -> None:
+    conn = reach(State.REFUSED)
+    _, wire = receive_and_get(conn, b"EHLO c\r\n")
+    assert wire == b"503 5.5.1 Error: access denied, send QUIT\r\n"
+
+
+# ---------------------------------------------------------------- states that read no commands
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_command_during_data_is_message_text(command: str) -> None:
+    conn = reach(State.RCPT)
+    receive_and_get(conn, b"DATA\r\n")
+    events, wire = receive_and_get(conn, COMMANDS[command])
+    assert (events, wire) == ([], b"")
+    assert conn.state is State.DATA
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_command_during_starttls_handshake_is_discarded(command: str) -> None:
+    conn = reach(State.READY)
+    receive_and_get(conn, b"STARTTLS\r\n")
+    events, wire = receive_and_get(conn, COMMANDS[command])
+    assert (events, wire) == ([], b"")
+    assert conn.state is State.STARTTLS
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_command_before_the_greeting_decision_waits(command: str) -> None:
+    conn = ServerConnection(FULL)
+    conn.next_event()
+    conn.receive_data(COMMANDS[command])
+    assert conn.data_to_send() == b""
+    assert conn.state is State.CONNECT
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_command_after_close_is_ignored(command: str) -> None:
+    conn = reach(State.READY)
+    receive_and_get(conn, b"QUIT\r\n")
+    events, wire = receive_and_get(conn, COMMANDS[command])
+    assert events == [Closed(reason="quit")]
+    assert wire == b""
+    assert conn.state is State.CLOSED
+
+
+@pytest.mark.parametrize("command", ["NOOP", "RSET", "QUIT", "MAIL"])
+def test_command_during_sasl_exchange_is_a_response(command: str) -> None:
+    conn = reach(State.READY)
+    _, wire = receive_and_get(conn, b"AUTH PLAIN\r\n")
+    assert wire == b"334 \r\n"
+    assert conn.state is State.AUTH
+    _, wire = receive_and_get(conn, COMMANDS[command])
+    assert codes(wire) == [501]
+    assert conn.state is State.READY
+
+
+def test_transition_table_refuses_impossible_moves() -> None:
+    """A trigger missing from the table is an engine bug, reported as LocalProtocolError."""
+    from smtp_core._state import TRANSITIONS, Trigger, next_state
+
+    assert next_state(State.DATA, Trigger.CLOSE) is State.CLOSED
+    for state, triggers in TRANSITIONS.items():
+        for trigger in set(Trigger) - set(triggers) - {Trigger.CLOSE}:
+            with pytest.raises(LocalProtocolError):
+                next_state(state, trigger)

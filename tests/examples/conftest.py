@@ -1,0 +1,126 @@
+"""Fixtures for the example tests: run an example as a real process, and a DNS stub."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+STARTUP = 20.0  # seconds an example may take to start listening
+_LISTENING = re.compile(r"listening on (\S+) port (\d+)")
+
+
+class Running:
+    """An example process that listens on `host`:`port`; its log (stderr) is `log_path`."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.proc = proc
+        self.log_path = log_path
+        self.host = ""
+        self.port = 0
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_listening(self) -> None:
+        deadline = time.monotonic() + STARTUP
+        while time.monotonic() < deadline:
+            m = _LISTENING.search(self.log())
+            if m:
+                self.host, self.port = m.group(1), int(m.group(2))
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"example exited with {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.02)
+        raise RuntimeError(f"example did not start listening:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def run_example(tmp_path: Path) -> Iterator[Callable[..., Running]]:
+    """run_example("gateway.py", *args): start it on a free port; stopped at teardown."""
+    started: list[Running] = []
+
+    def start(script: str, *args: str) -> Running:
+        log_path = tmp_path / f"{script}.{len(started)}.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, str(EXAMPLES / script), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=tmp_path,
+                env=env,
+            )
+        running = Running(proc, log_path)
+        started.append(running)
+        running.wait_listening()
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+class DnsStub:
+    """A UDP DNS server on 127.0.0.1 that answers A queries for `listed` names with 127.0.0.2
+    and NXDOMAIN for every other name."""
+
+    def __init__(self) -> None:
+        self.listed: set[str] = set()
+        self.queries: list[str] = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.address = self.sock.getsockname()[:2]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                wire, peer = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            with contextlib.suppress(Exception):
+                query = dns.message.from_wire(wire)
+                question = query.question[0]
+                name = question.name.to_text(omit_final_dot=True).lower()
+                self.queries.append(name)
+                response = dns.message.make_response(query)
+                if name in self.listed and question.rdtype == dns.rdatatype.A:
+                    response.answer.append(
+                        dns.rrset.from_text(question.name, 60, "IN", "A", "127.0.0.2")
+                    )
+                else:
+                    response.set_rcode(dns.rcode.NXDOMAIN)
+                self.sock.sendto(response.to_wire(), peer)
+
+
+@pytest.fixture
+def dns_stub() -> Iterator[DnsStub]:
+    stub = DnsStub()
+    yield stub
+    stub.sock.close()

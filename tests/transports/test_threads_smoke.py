@@ -1,0 +1,502 @@
+"""The threads transport over real sockets on 127.0.0.1: what is its own.
+
+One I/O thread multiplexes the sockets with `selectors`; a bounded pool runs the plain hooks.
+The conformance suite covers what every transport shares; this file covers the pool (a
+blocked hook stalls nobody, the pool bound holds), TLS through MemoryBIO, the deadline sweep,
+shutdown from another thread and from a signal handler, backpressure under a pipelined flood,
+and a transport bug that must cost one connection, not the I/O thread. Concurrency is proven
+with events and barriers, never with sleeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import signal
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import trustme
+
+from handlers import Accept, Handler, SinkHandler
+from smtp_core import Config
+from transports import Server, ServerOptions
+
+WAIT = 10.0  # how long a test waits for something that must happen (a hang fails, not stalls)
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context, client context) from a throwaway CA."""
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return server, client
+
+
+def options(**kw: Any) -> ServerOptions:
+    kw.setdefault("listen", (("127.0.0.1", 0),))
+    return ServerOptions(**kw)
+
+
+@contextlib.contextmanager
+def running(factory: Any, **kw: Any) -> Iterator[Server]:
+    with Server(factory, options(**kw), transport="threads") as server:
+        yield server
+
+
+class Peer:
+    """A raw-socket SMTP client: send lines, read replies, see the close."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.sock = socket.create_connection(address, timeout=WAIT)
+        self.file = self.sock.makefile("rb")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def reply(self) -> bytes:
+        """One whole reply (all its lines), CRLFs included; b"" at the end of the stream."""
+        text = b""
+        while True:
+            line = self.file.readline()
+            text += line
+            if len(line) < 4 or line[3:4] != b"-":
+                return text
+
+    def command(self, line: bytes) -> bytes:
+        self.send(line + b"\r\n")
+        return self.reply()
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+@contextlib.contextmanager
+def peer(address: tuple[str, int]) -> Iterator[Peer]:
+    p = Peer(address)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def start_transaction(p: Peer) -> None:
+    """Greeting, EHLO, MAIL, RCPT, DATA: ready for the message text."""
+    assert p.reply().startswith(b"220")
+    assert p.command(b"EHLO client.example").startswith(b"250")
+    assert p.command(b"MAIL FROM:<a@b.example>").startswith(b"250")
+    assert p.command(b"RCPT TO:<c@d.example>").startswith(b"250")
+    assert p.command(b"DATA").startswith(b"354")
+
+
+class Watch(SinkHandler):
+    """A sink whose close hook (inline: the sink never blocks) sets `closed`."""
+
+    closed = threading.Event()
+
+    def close(self) -> None:
+        type(self).closed.set()
+
+
+@pytest.fixture
+def watch() -> type[Watch]:
+    return type("Watch", (Watch,), {"closed": threading.Event()})
+
+
+# ---------------------------------------------------------------------- sessions
+
+
+def test_sendmail_runs_plain_hooks_on_the_pool() -> None:
+    seen: list[tuple[str, str]] = []
+    closed = threading.Event()
+
+    class Keep(Handler):  # blocking (the default): every hook goes to the pool
+        def data(self, message: bytes) -> Accept:
+            seen.append(("data", threading.current_thread().name))
+            assert message.endswith(b"Subject: x\r\n\r\nhi\r\n")
+            return Accept()
+
+        def close(self) -> None:
+            seen.append(("close", threading.current_thread().name))
+            closed.set()
+
+    with running(Keep) as server, smtplib.SMTP(*server.addresses[0]) as client:
+        client.sendmail("a@b.example", ["c@d.example"], "Subject: x\r\n\r\nhi\r\n")
+        client.quit()
+        assert closed.wait(WAIT)
+    assert [hook for hook, _ in seen] == ["data", "close"]
+    assert all(name.startswith("smtpkit-worker") for _, name in seen)
+
+
+def test_async_hooks_are_refused_before_binding() -> None:
+    class Async(Handler):
+        async def rcpt(self, recipient: str, params: object) -> Accept:
+            return Accept()
+
+    with pytest.raises(ValueError, match=r"rcpt\(\).*--transport asyncio"):
+        Server(Async, options(), transport="threads")
+
+
+def test_ipv6_peer_is_trimmed_to_ip_and_port() -> None:
+    try:
+        probe = socket.socket(socket.AF_INET6)
+        probe.bind(("::1", 0))
+        probe.close()
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    peers: list[object] = []
+
+    class Peer6(Handler):
+        blocking = False
+
+        def welcome(self, client_ip: str) -> Accept:
+            peers.append(self.session.peer)
+            return Accept()
+
+    with running(Peer6, listen=(("::1", 0),)) as server, peer(server.addresses[0]) as p:
+        assert p.reply().startswith(b"220")
+        assert p.command(b"QUIT").startswith(b"221")
+    assert len(peers) == 1
+    assert isinstance(peers[0], tuple) and len(peers[0]) == 2 and peers[0][0] == "::1"
+
+
+# ---------------------------------------------------------------------- the worker pool
+
+
+def test_blocked_hook_stalls_no_other_session() -> None:
+    in_hook, release = threading.Event(), threading.Event()
+
+    class Slow(Handler):
+        def data(self, message: bytes) -> Accept:
+            if b"slow" in message:
+                in_hook.set()
+                assert release.wait(WAIT)
+            return Accept()
+
+    with running(Slow) as server:
+        address = server.addresses[0]
+        with peer(address) as slow, peer(address) as quick:
+            start_transaction(slow)
+            slow.send(b"Subject: slow\r\n\r\nhi\r\n.\r\n")
+            assert in_hook.wait(WAIT)
+            start_transaction(quick)  # served while slow's hook is blocked
+            assert quick.command(b"Subject: quick\r\n\r\nhi\r\n.").startswith(b"250")
+            release.set()
+            assert slow.reply().startswith(b"250")
+
+
+def test_hooks_run_at_once_up_to_the_pool_size() -> None:
+    workers = 3
+    barrier = threading.Barrier(workers, timeout=WAIT)
+    lock = threading.Lock()
+    running_now = peak = 0
+
+    class Blocking(Handler):
+        def mail(self, sender: str, params: object) -> Accept:
+            nonlocal running_now, peak
+            with lock:
+                running_now += 1
+                peak = max(peak, running_now)
+            barrier.wait()  # passes only with `workers` hooks in flight together
+            with lock:
+                running_now -= 1
+            return Accept()
+
+    with running(Blocking, workers=workers) as server:
+        peers = [Peer(server.addresses[0]) for _ in range(2 * workers)]
+        try:
+            for p in peers:
+                assert p.reply().startswith(b"220")
+                assert p.command(b"HELO x").startswith(b"250")
+                p.send(b"MAIL FROM:<a@b.example>\r\n")
+            for p in peers:
+                assert p.reply().startswith(b"250")
+        finally:
+            for p in peers:
+                p.close()
+    assert peak == workers  # all of the pool, and never more
+
+
+# ---------------------------------------------------------------------- TLS
+
+
+def test_starttls_and_smtps(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    server_ctx, client_ctx = tls
+    versions: list[str | None] = []
+
+    class Tls(Handler):  # blocking: the hooks run on the pool, behind TLS
+        def data(self, message: bytes) -> Accept:
+            versions.append(self.session.tls_version)
+            return Accept()
+
+    with running(Tls, ssl_context=server_ctx, tls_listen=(("127.0.0.1", 0),)) as server:
+        with smtplib.SMTP(*server.addresses[0]) as client:
+            client.starttls(context=client_ctx)
+            client.ehlo()
+            assert "starttls" not in client.esmtp_features
+            client.sendmail("a@b.example", ["c@d.example"], "Subject: tls\r\n\r\nhi\r\n")
+            body = "Subject: big\r\n\r\n" + ("x" * 998 + "\r\n") * 1000  # many TLS records
+            client.sendmail("a@b.example", ["c@d.example"], body)
+        with smtplib.SMTP_SSL(*server.tls_addresses[0], context=client_ctx) as client:
+            client.sendmail("a@b.example", ["c@d.example"], "Subject: smtps\r\n\r\nhi\r\n")
+    assert len(versions) == 3
+    assert all(v and v.startswith("TLS") for v in versions)
+
+
+def test_failed_handshakes_close_only_that_connection(
+    tls: tuple[ssl.SSLContext, ssl.SSLContext], watch: type[Watch]
+) -> None:
+    opts = {"ssl_context": tls[0], "tls_listen": (("127.0.0.1", 0),)}
+    with running(watch, tls_handshake_timeout=0.5, **opts) as server:
+        address = server.addresses[0]
+        with peer(address) as bad:  # garbage instead of a ClientHello
+            assert bad.reply().startswith(b"220")
+            bad.command(b"EHLO x")
+            assert bad.command(b"STARTTLS").startswith(b"220")
+            bad.send(b"this is not TLS\r\n" * 20)
+            assert bad.reply() == b""
+        assert watch.closed.wait(WAIT)  # the session was driven to its end: close hook ran
+        watch.closed.clear()
+        with peer(address) as silent:  # nothing at all: the handshake times out
+            silent.reply()
+            silent.command(b"EHLO x")
+            assert silent.command(b"STARTTLS").startswith(b"220")
+            assert silent.reply() == b""
+        assert watch.closed.wait(WAIT)
+        with peer(server.tls_addresses[0]) as bad:  # SMTPS: no session was ever made
+            bad.send(b"EHLO plaintext\r\n")
+            assert bad.reply() == b""
+        with peer(server.tls_addresses[0]) as silent:
+            assert silent.reply() == b""
+        with peer(address) as p:
+            assert p.reply().startswith(b"220")  # the server still serves
+        assert server.app.limits.active == 1  # every failed one released its slot
+
+
+# ---------------------------------------------------------------------- timeouts
+
+
+def test_idle_timeout_runs_the_close_hook(watch: type[Watch]) -> None:
+    with running(watch, timeout=0.5) as server, peer(server.addresses[0]) as p:
+        assert p.reply().startswith(b"220")
+        assert p.command(b"EHLO x").startswith(b"250")
+        assert p.reply().startswith(b"421 4.4.2")
+        assert p.reply() == b""
+        assert watch.closed.is_set()  # the close hook ran before the socket was closed
+
+
+def test_no_timeout_while_a_hook_runs() -> None:
+    in_hook, release = threading.Event(), threading.Event()
+
+    class Slow(Handler):
+        def data(self, message: bytes) -> Accept:
+            in_hook.set()
+            assert release.wait(WAIT)
+            return Accept()
+
+    with running(Slow, timeout=0.3) as server:
+        address = server.addresses[0]
+        with peer(address) as busy:
+            start_transaction(busy)
+            busy.send(b"Subject: x\r\n\r\nhi\r\n.\r\n")
+            assert in_hook.wait(WAIT)
+            with peer(address) as idle:  # its timeout proves that time has passed
+                assert idle.reply().startswith(b"220")
+                assert idle.reply().startswith(b"421 4.4.2")
+            release.set()
+            assert busy.reply().startswith(b"250")  # the hook's session was not timed out
+            assert busy.reply().startswith(b"421 4.4.2")  # but its idle timer restarted
+
+
+# ---------------------------------------------------------------------- limits, backpressure
+
+
+def test_connection_limit_refuses_and_releases() -> None:
+    with running(SinkHandler, max_connections=2) as server:
+        address = server.addresses[0]
+        with peer(address) as first, peer(address) as second:
+            assert first.reply().startswith(b"220")
+            assert second.reply().startswith(b"220")
+            with peer(address) as third:
+                assert third.reply().startswith(b"421 4.7.0")
+                assert third.reply() == b""
+            assert first.command(b"QUIT").startswith(b"221")
+            assert first.reply() == b""
+            with peer(address) as fourth:  # the slot was released
+                assert fourth.reply().startswith(b"220")
+
+
+def test_reset_mid_message_runs_close_hook(watch: type[Watch]) -> None:
+    with running(watch) as server:
+        with peer(server.addresses[0]) as p:
+            start_transaction(p)
+            p.send(b"Subject: x\r\n\r\npartial")
+            p.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        assert watch.closed.wait(WAIT)
+        with peer(server.addresses[0]) as p:
+            assert p.reply().startswith(b"220")
+            assert server.app.limits.active == 1  # the reset one released its slot
+
+
+def test_pipelined_flood_is_bounded_by_backpressure(watch: type[Watch]) -> None:
+    """20 MB of NOOPs, none of the replies read: the server must stop reading, not buffer."""
+    total = 20 * 1024 * 1024
+    chunk = b"NOOP\r\n" * 10000
+    with running(watch) as server:
+        runner: Any = server._runner  # the transport's own state, to look at its buffers
+        sock = socket.create_connection(server.addresses[0], timeout=WAIT)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        try:
+            sock.setblocking(False)
+            sent = peak = 0
+            while sent < total:
+                try:
+                    sent += sock.send(chunk)
+                    continue
+                except BlockingIOError:
+                    pass
+                peak = max(peak, *(len(c.out) for c in runner._conns))
+                # Unwritable for a whole second: the server has stopped reading from us.
+                if not select.select([], [sock], [], 1.0)[1]:
+                    break
+            assert sent < total, "the server read 20 MB that it could not answer"
+            peak = max(peak, *(len(c.out) for c in runner._conns))
+            assert peak < 2 * 256 * 1024
+            with peer(server.addresses[0]) as other:  # the I/O thread is not stuck
+                assert other.reply().startswith(b"220")
+                assert other.command(b"QUIT").startswith(b"221")
+            sock.setblocking(True)
+            replies = sock.recv(65536)
+            assert replies.startswith(b"220 ") and b"250 2.0.0 Ok\r\n" in replies
+        finally:
+            sock.close()
+        assert watch.closed.wait(WAIT)  # the flood's session ended and ran its close hook
+
+
+def test_a_transport_bug_costs_one_connection_only(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(Handler):
+        """LMTP without a decision for the recipient: the engine raises LocalProtocolError."""
+
+        def data(self, message: bytes) -> dict[str, Accept]:
+            return {}
+
+    config = Config(lmtp=True)
+    with running(Broken, config=config) as server:
+        address = server.addresses[0]
+        with peer(address) as p:
+            assert p.reply().startswith(b"220")
+            assert p.command(b"LHLO x").startswith(b"250")
+            assert p.command(b"MAIL FROM:<a@b.example>").startswith(b"250")
+            assert p.command(b"RCPT TO:<c@d.example>").startswith(b"250")
+            assert p.command(b"DATA").startswith(b"354")
+            assert p.command(b"hi\r\n.") == b""  # dropped
+        with peer(address) as p:  # the I/O thread lives on
+            assert p.reply().startswith(b"220")
+            assert p.command(b"LHLO x").startswith(b"250")
+        assert server.app.limits.active <= 1
+    assert "internal error in the threads transport" in caplog.text
+
+
+# ---------------------------------------------------------------------- shutdown
+
+
+def test_shutdown_ends_idle_sessions_and_lets_transactions_finish() -> None:
+    in_hook, release = threading.Event(), threading.Event()
+
+    class Slow(Handler):
+        def data(self, message: bytes) -> Accept:
+            in_hook.set()
+            assert release.wait(WAIT)
+            return Accept()
+
+    server = Server(Slow, options(), transport="threads").start()
+    address = server.addresses[0]
+    with peer(address) as idle, peer(address) as busy, peer(address) as sending:
+        assert idle.reply().startswith(b"220")
+        assert idle.command(b"EHLO idle").startswith(b"250")
+        start_transaction(busy)
+        busy.send(b"Subject: x\r\n\r\nhi\r\n.\r\n")
+        assert in_hook.wait(WAIT)
+        start_transaction(sending)
+        sending.send(b"Subject: y\r\n\r\nhalf way")
+        stopper = threading.Thread(target=server.stop)
+        stopper.start()
+        assert idle.reply().startswith(b"421 4.3.2")  # idle: told at once
+        assert idle.reply() == b""
+        with pytest.raises(OSError):  # no longer accepting
+            socket.create_connection(address, timeout=WAIT).close()
+        sending.send(b" there\r\n.\r\n")  # mid-message: may finish its message
+        release.set()
+        assert sending.reply().startswith(b"250")
+        assert sending.reply().startswith(b"421 4.3.2")  # then it is idle
+        assert busy.reply().startswith(b"250")  # the hook in flight finished
+        assert busy.reply().startswith(b"421 4.3.2")
+        stopper.join(WAIT)
+        assert not stopper.is_alive()
+
+
+def test_grace_period_cuts_off_a_stuck_hook() -> None:
+    in_hook, release = threading.Event(), threading.Event()
+
+    class Stuck(Handler):
+        def data(self, message: bytes) -> Accept:
+            in_hook.set()
+            release.wait(WAIT)
+            return Accept()
+
+    server = Server(Stuck, options(grace_period=0.2), transport="threads").start()
+    try:
+        with peer(server.addresses[0]) as p:
+            start_transaction(p)
+            p.send(b"Subject: x\r\n\r\nhi\r\n.\r\n")
+            assert in_hook.wait(WAIT)
+            server.stop()  # returns although the hook is still stuck
+            assert p.reply().startswith(b"421 4.3.2")
+            assert p.reply() == b""
+    finally:
+        release.set()
+
+
+_SERVE = """
+import logging, sys
+from handlers import SinkHandler
+from transports import ServerOptions, serve
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+serve(SinkHandler, ServerOptions(listen=(("127.0.0.1", 0),)), transport="threads")
+"""
+
+
+def test_sigterm_in_the_io_thread_shuts_down_gracefully() -> None:
+    # serve() runs the I/O loop in the main thread, so stop() runs in a signal handler there.
+    proc = subprocess.Popen([sys.executable, "-c", _SERVE], stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        port = 0
+        for line in proc.stderr:
+            if "listening on" in line:
+                port = int(line.rsplit(" ", 1)[1])
+                break
+        with peer(("127.0.0.1", port)) as p:
+            assert p.reply().startswith(b"220")
+            assert p.command(b"EHLO x").startswith(b"250")
+            proc.send_signal(signal.SIGTERM)
+            assert p.reply().startswith(b"421 4.3.2")
+            assert p.reply() == b""
+        assert proc.wait(WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if proc.stderr is not None:
+            proc.stderr.close()

@@ -1,0 +1,546 @@
+"""The anyio transport: one code path for anyio's asyncio backend and for trio.
+
+One task per connection runs the pump loop (see `_pump`) over an anyio `ByteStream`:
+
+- The stream is our own `_SocketStream`: non-blocking socket calls, `anyio.wait_readable()`
+  and `anyio.wait_writable()`, so the kernel's buffers are the only ones. anyio's own
+  `SocketStream` on the asyncio backend (4.16) keeps its transport reading into an unbounded
+  queue until a `receive()` first has to wait, so a client that pipelines from the start and
+  never reads our replies could grow it without limit. Ours also sends without the extra
+  yield anyio's `send()` makes, and the listeners accept in batches.
+- Timeouts cost nothing per read. Each session runs its loop inside one long-lived cancel
+  scope, notes the pump's deadline (on `time.monotonic`, which trio's clock is not) before it
+  waits on the peer, and a single watchdog task cancels the scopes of sessions whose peer is
+  past its deadline. Timeouts therefore fire up to `_resolution()` late.
+- Plain hooks run on the server's own `CapacityLimiter(options.workers)`, never on anyio's
+  process-wide default; async hooks are awaited in the connection task.
+- STARTTLS and implicit TLS use anyio's `TLSStream` over our stream; the handshake is bounded
+  by `options.tls_handshake_timeout`.
+- `stop()` writes one byte to a socketpair that the serving task waits on: safe from any
+  thread and from a signal handler, on both backends.
+
+Backpressure comes from the loop's shape: it reads only when the pump says NEED_DATA (never
+while a hook decides), and `await stream.send()` waits while the peer is not reading.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import importlib.util
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar, Final, final
+
+import anyio
+import anyio.to_thread
+from anyio.abc import ByteStream, TaskGroup
+from anyio.streams.tls import TLSAttribute, TLSStream
+
+from smtp_core import Reply
+
+from ._options import App, ServerOptions
+from ._pump import CLOSE, NEED_DATA, START_TLS, HookCall, Mode, Pump
+from ._server import Runner
+
+__all__ = ["AnyioRunner"]
+
+log = logging.getLogger("smtpkit")
+
+#: Bytes asked for per read.
+READ_SIZE: Final = 65536
+#: After the grace period, how long a cut-off session may take to say 421 and run its close
+#: hook before it is dropped.
+CUTOFF_WAIT: Final = 1.0
+#: How long to back off when accept() runs out of file descriptors or memory.
+ACCEPT_BACKOFF: Final = 0.1
+#: Connections accepted per wake-up of a listener, before other tasks get a turn.
+ACCEPT_BATCH: Final = 64
+_ACCEPT_RESOURCE_ERRORS: Final = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+)
+#: What a dead or misbehaving peer makes stream calls raise (ssl.SSLError is an OSError).
+_IO_ERRORS: Final = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+_TLS_FAILED: Final = Reply(code=421, text=("TLS handshake failed",), enhanced="4.7.0")
+
+# What a session waits on, as the watchdog and the shutdown see it.
+_BUSY: Final = 0  # running the pump or a hook: never interrupted
+_WRITING: Final = 1  # flushing replies: a timeout here means the peer stopped reading
+_READING: Final = 2  # waiting for the peer: a timeout, or a shutdown when idle
+
+# Why a session's loop was interrupted.
+_TIMEOUT: Final = "timeout"
+_WRITE_TIMEOUT: Final = "write timeout"
+_SHUTDOWN: Final = "shutdown"
+
+
+def _use_uvloop(wanted: bool) -> bool:
+    if not wanted:
+        return False
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _resolution(options: ServerOptions) -> float:
+    """How often the watchdog looks for sessions past their deadline."""
+    return min(1.0, options.timeout / 10, options.data_timeout / 10)
+
+
+@final
+class _SocketStream(ByteStream):
+    """A connected non-blocking socket as an anyio ByteStream, on any backend.
+
+    Nothing is read ahead: bytes wait in the kernel until `receive()` asks for them. Each
+    `receive()` waits for readiness first, so it is always a checkpoint (cancellation, and
+    fairness among sessions); `send()` yields only when the kernel's buffer is full.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    async def receive(self, max_bytes: int = READ_SIZE) -> bytes:
+        sock = self._sock
+        while True:
+            await anyio.wait_readable(sock)
+            try:
+                data = sock.recv(max_bytes)
+            except BlockingIOError:  # a spurious wake-up
+                continue
+            except OSError as exc:
+                raise anyio.BrokenResourceError from exc
+            if not data:
+                raise anyio.EndOfStream
+            return data
+
+    async def send(self, item: bytes) -> None:
+        sock = self._sock
+        try:
+            sent = sock.send(item)  # most often the kernel takes it all: no yield
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise anyio.BrokenResourceError from exc
+        if sent == len(item):
+            return
+        view = memoryview(item)[sent:]
+        while view:
+            await anyio.wait_writable(sock)
+            try:
+                sent = sock.send(view)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise anyio.BrokenResourceError from exc
+            view = view[sent:]
+
+    async def send_eof(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            raise anyio.BrokenResourceError from exc
+
+    async def aclose(self) -> None:
+        self._sock.close()
+
+
+@final
+class AnyioRunner(Runner):
+    name: ClassVar[str] = "anyio"
+
+    def __init__(self, app: App) -> None:
+        super().__init__(app)
+        # The self-pipe that stop() writes to: thread-safe and signal-safe on any backend.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._stop_requested = False
+        #: True once shutdown began: idle sessions get 421 instead of another read.
+        self.stopping = False
+        self.sessions: set[_Session] = set()
+        self.limiter: anyio.CapacityLimiter | None = None
+        self._all_done: anyio.Event | None = None
+        self._watchdog_scope: anyio.CancelScope | None = None
+
+    @classmethod
+    def check(cls, app: App) -> None:
+        backend = app.options.anyio_backend
+        if backend == "trio" and importlib.util.find_spec("trio") is None:
+            raise ValueError("the trio backend needs trio: pip install 'smtpkit[trio]'")
+
+    def run(
+        self,
+        listeners: list[socket.socket],
+        tls_listeners: list[socket.socket],
+        ready: Callable[[], None],
+    ) -> None:
+        o = self.app.options
+        options: dict[str, Any] = {}
+        if o.anyio_backend == "asyncio" and _use_uvloop(o.uvloop):
+            options["use_uvloop"] = True
+        try:
+            anyio.run(
+                self._main,
+                listeners,
+                tls_listeners,
+                ready,
+                backend=o.anyio_backend,
+                backend_options=options,
+            )
+        finally:
+            for sock in (*listeners, *tls_listeners, self._wake_r, self._wake_w):
+                sock.close()
+
+    def stop(self) -> None:
+        # A flag and a byte on a socket: safe from any thread and inside a signal handler.
+        self._stop_requested = True
+        with contextlib.suppress(OSError):  # already woken (buffer full), or run() ended
+            self._wake_w.send(b"\0")
+
+    # ------------------------------------------------------------------ serving
+
+    async def _main(
+        self,
+        listeners: list[socket.socket],
+        tls_listeners: list[socket.socket],
+        ready: Callable[[], None],
+    ) -> None:
+        self.limiter = anyio.CapacityLimiter(self.app.options.workers)
+        self._all_done = anyio.Event()
+        self._watchdog_scope = watchdog = anyio.CancelScope()
+        async with anyio.create_task_group() as sessions:
+            sessions.start_soon(self._watchdog)
+            try:
+                async with anyio.create_task_group() as acceptors:
+                    for sock in listeners:
+                        acceptors.start_soon(self._accept_loop, sock, False, sessions)
+                    for sock in tls_listeners:
+                        acceptors.start_soon(self._accept_loop, sock, True, sessions)
+                    ready()
+                    await self._wait_for_stop()
+                    acceptors.cancel_scope.cancel()
+            finally:
+                for sock in (*listeners, *tls_listeners):
+                    sock.close()  # stop accepting: new clients are refused by the kernel
+            await self._shutdown()
+            watchdog.cancel()
+        log.info("stopped")
+
+    async def _wait_for_stop(self) -> None:
+        while not self._stop_requested:
+            await anyio.wait_readable(self._wake_r)
+            with contextlib.suppress(BlockingIOError):
+                self._wake_r.recv(64)
+
+    async def _accept_loop(
+        self, sock: socket.socket, implicit_tls: bool, sessions: TaskGroup
+    ) -> None:
+        while True:
+            await anyio.wait_readable(sock)
+            for _ in range(ACCEPT_BATCH):
+                try:
+                    conn, addr = sock.accept()
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if exc.errno in _ACCEPT_RESOURCE_ERRORS:
+                        log.warning("accept failed: %s", exc)
+                        await anyio.sleep(ACCEPT_BACKOFF)
+                    else:  # the client gave up before we got to it (ECONNABORTED ...)
+                        log.debug("accept failed: %s", exc)
+                    break
+                sessions.start_soon(self._connection, conn, addr, implicit_tls)
+
+    async def _watchdog(self) -> None:
+        """Interrupt the sessions whose peer is past its deadline (see the module docstring)."""
+        resolution = _resolution(self.app.options)
+        sessions = self.sessions
+        assert self._watchdog_scope is not None
+        with self._watchdog_scope:
+            while True:
+                await anyio.sleep(resolution)
+                now = time.monotonic()
+                for session in sessions:  # no await in this loop: the set cannot change
+                    if session.waiting and session.deadline <= now:
+                        reason = _WRITE_TIMEOUT if session.waiting == _WRITING else _TIMEOUT
+                        session.interrupt(reason)
+
+    async def _shutdown(self) -> None:
+        self.stopping = True
+        for session in self.sessions:
+            pump = session.pump
+            if session.waiting == _READING and pump is not None and pump.idle:
+                session.interrupt(_SHUTDOWN)
+        # The others say 421 when they next become idle, or are cut off after the grace period.
+        assert self._all_done is not None
+        if not self.sessions:
+            return
+        with anyio.move_on_after(self.app.options.grace_period):
+            await self._all_done.wait()
+        if self.sessions:
+            log.warning("grace period over; cutting off %d sessions", len(self.sessions))
+            for session in self.sessions:
+                session.scope.cancel()
+
+    async def _connection(self, conn: socket.socket, addr: Any, implicit_tls: bool) -> None:
+        """The connection task: admission, the session, and cleanup whatever happens."""
+        ip, port = str(addr[0]), int(addr[1])  # an IPv6 4-tuple too
+        try:
+            conn.setblocking(False)
+            if conn.family in (socket.AF_INET, socket.AF_INET6):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # reset already
+            conn.close()
+            return
+        stream = _SocketStream(conn)
+        session = _Session(self, stream, ip, port, implicit_tls)
+        self.sessions.add(session)
+        try:
+            with session.scope:
+                await session.run()
+            if session.scope.cancelled_caught:
+                with anyio.move_on_after(CUTOFF_WAIT, shield=True):
+                    await session.cut_off()
+        except Exception:
+            log.exception("session with %s failed", session.peer_text)
+        finally:
+            # Free the slot first, so that a client that sees our EOF may connect again.
+            if session.admitted:
+                self.app.limits.release(ip)
+            self.sessions.discard(session)
+            if self.stopping and not self.sessions and self._all_done is not None:
+                self._all_done.set()
+            try:
+                await anyio.aclose_forcefully(session.stream)
+            except Exception:  # closing must never fail the server
+                log.debug("closing %s", session.peer_text, exc_info=True)
+
+
+@final
+class _Session:
+    """One SMTP connection, driven by one task. Everything here runs on the loop thread."""
+
+    __slots__ = (
+        "admitted",
+        "deadline",
+        "implicit_tls",
+        "interrupted",
+        "ip",
+        "lost",
+        "peer_text",
+        "port",
+        "pump",
+        "runner",
+        "scope",
+        "stream",
+        "timer",
+        "waiting",
+    )
+
+    def __init__(
+        self, runner: AnyioRunner, stream: ByteStream, ip: str, port: int, implicit_tls: bool
+    ) -> None:
+        self.runner = runner
+        self.stream: ByteStream = stream
+        self.ip = ip
+        self.port = port
+        self.peer_text = f"[{ip}]:{port}"
+        self.implicit_tls = implicit_tls
+        self.pump: Pump | None = None
+        self.admitted = False
+        #: The connection can no longer carry bytes: write nothing more, read nothing more.
+        self.lost = False
+        #: Cancelled to cut the session off once the grace period is over.
+        self.scope = anyio.CancelScope()
+        #: Around the pump loop; cancelled by `interrupt()`.
+        self.timer = anyio.CancelScope()
+        #: _BUSY, _WRITING or _READING, and until when the peer has (time.monotonic).
+        self.waiting = _BUSY
+        self.deadline = 0.0
+        #: Why `timer` was cancelled, once it was.
+        self.interrupted: str | None = None
+
+    def interrupt(self, reason: str) -> None:
+        """Stop the session's wait on its peer (a timeout, or a shutdown while idle)."""
+        if self.interrupted is None:
+            self.interrupted = reason
+            self.timer.cancel()
+
+    # ------------------------------------------------------------------ the pump loop
+
+    async def run(self) -> None:
+        runner = self.runner
+        app = runner.app
+        reason = app.limits.admit(self.ip)
+        self.admitted = reason is None
+        if reason is None and runner.stopping:
+            reason = "service shutting down"
+        if self.implicit_tls and not await self.handshake():
+            return
+        if reason is not None:
+            log.info("refused %s: %s", self.peer_text, reason)
+            await self.say(app.refusal(reason))
+            return
+        pump = self.pump = app.new_session((self.ip, self.port), tls=self.implicit_tls)
+        if self.implicit_tls:
+            pump.session.tls_version = self.stream.extra(TLSAttribute.tls_version, None)
+        unsent = b""
+        with self.timer:
+            unsent = await self.drive(pump)
+        self.waiting = _BUSY
+        reason = self.interrupted
+        if reason is None:
+            return
+        if reason == _WRITE_TIMEOUT:  # the peer stopped reading: nothing more can be said
+            self.lost = True
+            pump.timeout_expired()
+        elif reason == _SHUTDOWN:
+            await self.say(unsent + pump.shutting_down())
+        else:
+            await self.say(unsent + pump.timeout_expired())
+        await self.finish(pump)
+
+    async def drive(self, pump: Pump) -> bytes:
+        """The pump loop, until CLOSE (returns b"") or an interruption (returns the output
+        that is still to be sent)."""
+        runner = self.runner
+        while True:
+            action = pump.next_action()
+            out = pump.data_to_send()
+            if action is NEED_DATA:
+                if runner.stopping and pump.idle:
+                    self.interrupted = _SHUTDOWN
+                    return out
+                if self.lost:
+                    pump.receive_data(b"")
+                    continue
+                self.deadline = pump.read_deadline()
+                try:
+                    if out:
+                        self.waiting = _WRITING
+                        await self.stream.send(out)
+                        if runner.stopping and pump.idle:  # shutdown began while we flushed
+                            self.interrupted = _SHUTDOWN
+                            return b""
+                    self.waiting = _READING
+                    data = await self.stream.receive(READ_SIZE)
+                except anyio.EndOfStream:
+                    data = b""
+                except _IO_ERRORS as exc:
+                    self.connection_lost(exc)
+                    data = b""
+                finally:
+                    self.waiting = _BUSY
+                if self.interrupted is not None:  # the data came too late: drop it
+                    return b""
+                pump.receive_data(data)
+                continue
+            if out:
+                await self.send(out)
+            if isinstance(action, HookCall):
+                await self.call(pump, action)
+            elif action is START_TLS:
+                await self.start_tls(pump)
+            elif action is CLOSE:
+                return b""
+
+    async def send(self, out: bytes) -> None:
+        """Send within the pump's deadline (inside `timer`); a dead peer ends the session."""
+        if self.lost:
+            return
+        assert self.pump is not None
+        self.deadline = self.pump.read_deadline()
+        self.waiting = _WRITING
+        try:
+            await self.stream.send(out)
+        except _IO_ERRORS as exc:
+            self.connection_lost(exc)
+            self.pump.receive_data(b"")
+        finally:
+            self.waiting = _BUSY
+
+    async def say(self, out: bytes) -> None:
+        """Send outside the pump loop (a refusal, a 421), bounded by its own timeout."""
+        if self.lost or not out:
+            return
+        with anyio.move_on_after(self.runner.app.options.timeout):
+            try:
+                await self.stream.send(out)
+            except _IO_ERRORS as exc:
+                self.connection_lost(exc)
+            return
+        self.lost = True
+
+    def connection_lost(self, exc: BaseException) -> None:
+        log.debug("%s: connection lost: %r", self.peer_text, exc.__cause__ or exc)
+        self.lost = True
+
+    async def call(self, pump: Pump, call: HookCall) -> None:
+        try:
+            if call.mode is Mode.THREAD:
+                result = await anyio.to_thread.run_sync(
+                    call.fn, *call.args, abandon_on_cancel=True, limiter=self.runner.limiter
+                )
+            elif call.mode is Mode.ASYNC:
+                result = await call.fn(*call.args)
+            else:  # the pump runs DEFAULT and INLINE itself; be lenient anyway
+                result = call.fn(*call.args)
+        except Exception as exc:
+            pump.hook_failed(exc)
+        else:
+            pump.hook_done(result)
+
+    async def finish(self, pump: Pump) -> None:
+        """Run an aborted session to its end (the close hook) without reading or writing."""
+        self.lost = True
+        while True:
+            action = pump.next_action()
+            pump.data_to_send()
+            if isinstance(action, HookCall):
+                await self.call(pump, action)
+            elif action is NEED_DATA:
+                pump.receive_data(b"")
+            elif action is START_TLS:
+                pump.abort(_TLS_FAILED, "aborted")
+            else:
+                return
+
+    # ------------------------------------------------------------------ TLS
+
+    async def handshake(self) -> bool:
+        """Wrap the stream in TLS. On failure the connection is dropped (returns False)."""
+        context = self.runner.app.options.ssl_context
+        assert context is not None
+        try:
+            with anyio.fail_after(self.runner.app.options.tls_handshake_timeout):
+                self.stream = await TLSStream.wrap(
+                    self.stream, server_side=True, ssl_context=context, standard_compatible=False
+                )
+        except (TimeoutError, anyio.EndOfStream, *_IO_ERRORS) as exc:
+            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or repr(exc)
+            log.info("%s: TLS handshake failed: %s", self.peer_text, reason)
+            self.lost = True
+            return False
+        return True
+
+    async def start_tls(self, pump: Pump) -> None:
+        if self.lost or not await self.handshake():
+            # Not receive_data(b""): the engine waits for tls_started() and would never close.
+            pump.abort(_TLS_FAILED, "tls failed")  # the reply is dropped: no channel for it
+            return
+        pump.tls_started(self.stream.extra(TLSAttribute.tls_version, None))
+
+    # ------------------------------------------------------------------ shutdown
+
+    async def cut_off(self) -> None:
+        """The grace period is over: 421, then run the session to its end (the close hook).
+        Runs shielded and bounded by CUTOFF_WAIT."""
+        pump = self.pump
+        if pump is None:
+            return
+        await self.say(pump.shutting_down())
+        await self.finish(pump)
