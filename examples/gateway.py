@@ -115,6 +115,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="offer AUTH without TLS too (tests, or behind a TLS proxy)",
     )
+    p.add_argument("--user", metavar="NAME", help="drop root privileges after binding port 25")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     factory = functools.partial(gateway, host, port, starttls=args.downstream_starttls)
     config = Config(hostname=args.hostname, auth_allow_plaintext=args.auth_allow_plaintext)
     ssl_context = make_ssl_context(args.tls_cert, args.tls_key) if args.tls_cert else None
-    serve(factory, ServerOptions(config=config, listen=(args.listen,), ssl_context=ssl_context))
+    options = ServerOptions(config=config, listen=(args.listen,), ssl_context=ssl_context)
+    serve(factory, options, user=args.user)
 
 
 if __name__ == "__main__":

@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         "--local-users", type=_names, action="extend", default=[], metavar="USER,...", required=True
     )
     p.add_argument("--lmtp", action="store_true", help="speak LMTP (one reply per recipient)")
+    p.add_argument("--user", metavar="NAME", help="drop root privileges after binding")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     logging.basicConfig(
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
             super().__init__(args.maildir_root)
 
     config = Config(hostname=args.hostname, lmtp=args.lmtp)
-    serve(ConfiguredMTA, ServerOptions(config=config, listen=(args.listen,)))
+    serve(ConfiguredMTA, ServerOptions(config=config, listen=(args.listen,)), user=args.user)
 
 
 if __name__ == "__main__":

@@ -265,7 +265,9 @@ class RelayHandler(Handler):
             # the RSET that the next MAIL sends.
             code, text = exc.smtp_code, _as_bytes(exc.smtp_error)
         else:
-            self._open = False  # the end of the message ends the transaction, whatever the verdict
+            # The end of the message ends the transaction; but after a refusal some servers
+            # (Postfix, after smtpd_end_of_data_restrictions) still hold it, so RSET first then.
+            self._open = code // 100 != 2
         if code // 100 == 2:
             log.info(
                 "%s: relayed to %s: %s",

@@ -27,7 +27,7 @@ from ._events import (
     Signal,
     StartTLS,
 )
-from ._reply import Reply
+from ._reply import Reply, format_reply
 from ._state import State
 
 __all__ = [
@@ -60,4 +60,5 @@ __all__ = [
     "Signal",
     "StartTLS",
     "State",
+    "format_reply",
 ]

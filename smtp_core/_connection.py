@@ -265,11 +265,14 @@ class ServerConnection:
         self._buf.clear()
         self._go(Trigger.TLS_DONE)
 
-    def abort(self, reply: Reply) -> bytes:
-        """End the session from the transport's side (a timeout, a shutdown) with `reply`."""
+    def abort(self, reply: Reply | None) -> bytes:
+        """End the session from the transport's side (a timeout, a shutdown) with `reply`, or
+        silently with None (the connection is gone). Input not yet processed is dropped."""
         if self._state is not State.CLOSED:
             self._pending = None
-            self._write(reply)
+            self._buf.clear()
+            if reply is not None:
+                self._write(reply)
             self._close("aborted")
         return self.data_to_send()
 

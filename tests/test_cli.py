@@ -367,7 +367,7 @@ def test_existing_file_as_maildir(tmp_path: Path) -> None:
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         (["serve", "--timeout", "x"], "argument --timeout"),
         (["serve", "--handler", "smtpkit_no_such_module:H"], "no module named"),
-        (["serve", "--processes", "2", "--handler", "sink"], "not yet supported"),
+        (["serve", "--processes", "0", "--handler", "sink"], "--processes"),
     ],
 )
 def test_main_errors_are_one_line(

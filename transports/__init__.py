@@ -2,13 +2,23 @@
 
 `Server` and `serve()` run a handler on asyncio, anyio (asyncio or trio) or threads; all three
 drive the same I/O-free `Pump` around the sans-IO engine.
+
+The public names are imported on first use (PEP 562). pytest loads our plugin,
+`transports.testing`, at start-up, before pytest-cov starts measuring: an eager import here
+would load smtp_core too early and hide its module-level lines from coverage.
 """
 
-from ._listen import make_ssl_context, parse_address
-from ._options import App, ServerOptions
-from ._pump import HookCall, Mode, Pump
-from ._server import TRANSPORTS, Runner, Server, serve
-from ._testing import running_server
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._listen import make_ssl_context, parse_address
+    from ._options import App, ServerOptions
+    from ._pump import HookCall, Mode, Pump
+    from ._server import TRANSPORTS, Runner, Server, serve
+    from ._testing import running_server
 
 __all__ = [
     "TRANSPORTS",
@@ -24,3 +34,32 @@ __all__ = [
     "running_server",
     "serve",
 ]
+
+#: Public name -> the private module that defines it.
+_HOMES: dict[str, str] = {
+    "TRANSPORTS": "_server",
+    "App": "_options",
+    "HookCall": "_pump",
+    "Mode": "_pump",
+    "Pump": "_pump",
+    "Runner": "_server",
+    "Server": "_server",
+    "ServerOptions": "_options",
+    "make_ssl_context": "_listen",
+    "parse_address": "_listen",
+    "running_server": "_testing",
+    "serve": "_server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Final, final
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 from anyio.abc import ByteStream, TaskGroup
 from anyio.streams.tls import TLSAttribute, TLSStream
@@ -240,8 +241,7 @@ class AnyioRunner(Runner):
         self, sock: socket.socket, implicit_tls: bool, sessions: TaskGroup
     ) -> None:
         while True:
-            await anyio.wait_readable(sock)
-            for _ in range(ACCEPT_BATCH):
+            for _ in range(ACCEPT_BATCH):  # take what is queued, then wait for more
                 try:
                     conn, addr = sock.accept()
                 except BlockingIOError:
@@ -252,8 +252,12 @@ class AnyioRunner(Runner):
                         await anyio.sleep(ACCEPT_BACKOFF)
                     else:  # the client gave up before we got to it (ECONNABORTED ...)
                         log.debug("accept failed: %s", exc)
-                    break
+                    continue
                 sessions.start_soon(self._connection, conn, addr, implicit_tls)
+            else:  # a full batch: let the sessions run before accepting more
+                await anyio.lowlevel.checkpoint()
+                continue
+            await anyio.wait_readable(sock)
 
     async def _watchdog(self) -> None:
         """Interrupt the sessions whose peer is past its deadline (see the module docstring)."""

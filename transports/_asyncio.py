@@ -25,6 +25,8 @@ from ._server import Runner
 __all__ = ["AsyncioRunner"]
 
 log = logging.getLogger("smtpkit")
+#: Seconds a closing connection waits for the peer to close its side (see `close()`).
+_LINGER = 2.0
 
 #: After the grace period, how long cut-off sessions may take to run their close hooks.
 CUTOFF_WAIT = 1.0
@@ -198,10 +200,11 @@ class SessionProtocol(asyncio.Protocol):
         self.ip = ip
         self.runner.sessions.add(self)
         try:
-            self.pump = app.new_session((ip, port), tls=self.implicit_tls)
+            version = None
             if self.implicit_tls:
                 ssl_object = transport.get_extra_info("ssl_object")
-                self.pump.session.tls_version = ssl_object.version() if ssl_object else None
+                version = ssl_object.version() if ssl_object else None
+            self.pump = app.new_session((ip, port), tls=self.implicit_tls, tls_version=version)
         except Exception:
             log.exception("cannot start a session for [%s]:%d", ip, port)
             transport.abort()
@@ -210,13 +213,15 @@ class SessionProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         pump = self.pump
-        if pump is None:
-            return
+        if pump is None or self.closing:
+            return  # a lingering close discards what still arrives
         pump.receive_data(data)
         if not self.busy:
             self.drive()
 
     def eof_received(self) -> bool:
+        if self.closing:
+            return False  # lingering close: the peer read our last reply; done
         if self.pump is not None:
             self.pump.receive_data(b"")
             if not self.busy:
@@ -229,7 +234,8 @@ class SessionProtocol(asyncio.Protocol):
         if self.pump is None:
             return
         if not self.closing:
-            self.pump.receive_data(b"")
+            # No reply can reach the peer any more: end without running what it pipelined.
+            self.pump.connection_lost()
             if not self.busy:
                 self.drive()
         if self.ip is not None and self in self.runner.sessions:
@@ -263,10 +269,13 @@ class SessionProtocol(asyncio.Protocol):
                             transport.write(out)
                         continue
                     self.deadline = pump.read_deadline()
+                    delay = self.deadline - time.monotonic()
+                    loop = asyncio.get_running_loop()
+                    if self.timer is not None and self.timer.when() - loop.time() > delay + 0.01:
+                        # The deadline moved earlier (the DATA deadline began): re-arm.
+                        self.cancel_timer()
                     if self.timer is None and not self.lost:
-                        self.timer = asyncio.get_running_loop().call_later(
-                            self.deadline - time.monotonic(), self.on_timer
-                        )
+                        self.timer = loop.call_later(delay, self.on_timer)
                     self.update_reading()
                     return
                 if isinstance(action, HookCall):
@@ -342,7 +351,7 @@ class SessionProtocol(asyncio.Protocol):
             self.closing = True
             self.cancel_timer()
             transport.abort()
-            pump.receive_data(b"")
+            pump.connection_lost()
             self.busy = False
             self.finish_quietly()
             return
@@ -395,10 +404,22 @@ class SessionProtocol(asyncio.Protocol):
             self.timer = None
 
     def close(self) -> None:
+        """Close after the last reply. If the peer is still sending (pipelined input after a
+        421, say), closing at once would reset the connection and could destroy that reply in
+        flight; so half-close, discard what arrives, and close when the peer does (or soon)."""
         self.closing = True
         self.cancel_timer()
-        if self.transport is not None and not self.lost:
-            self.transport.close()
+        transport = self.transport
+        if transport is None or self.lost:
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        if not self.reading:
+            self.reading = True
+            transport.resume_reading()
+        self.timer = asyncio.get_running_loop().call_later(_LINGER, transport.close)
 
     # ------------------------------------------------------------------ shutdown
 

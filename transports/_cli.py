@@ -12,6 +12,7 @@ or configuration) or 1 (failure while starting or serving); never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import getpass
 import importlib
@@ -44,6 +45,7 @@ from smtp_core import Config
 
 from ._listen import Address, make_ssl_context, parse_address
 from ._options import App, ServerOptions
+from ._processes import run_processes
 from ._server import TRANSPORTS, Server
 
 __all__ = ["CLIError", "ServeCommand", "build_parser", "main", "parse_serve", "run_serve"]
@@ -81,7 +83,7 @@ class ServeCommand:
     options: ServerOptions
     transport: str = "asyncio"
     user: str | None = None
-    #: Server processes sharing the listeners (SO_REUSEPORT); only 1 is supported so far.
+    #: Server processes sharing the listeners (SO_REUSEPORT).
     processes: int = 1
     log_level: str = "INFO"
     #: The handler as given to --handler, for the startup log line.
@@ -254,7 +256,7 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=1,
         metavar="N",
-        help="server processes sharing the port (SO_REUSEPORT); not yet supported beyond 1",
+        help="server processes sharing the port (SO_REUSEPORT), default 1",
     )
 
     hand = p.add_argument_group("handler")
@@ -682,8 +684,27 @@ def _terminate(signum: int, frame: types.FrameType | None) -> None:
 
 
 def _serve_processes(command: ServeCommand) -> int:
-    """--processes N > 1: N processes on the same listeners (SO_REUSEPORT). To come."""
-    raise CLIError(f"--processes {command.processes}: more than 1 process is not yet supported")
+    """--processes N > 1: N forked processes on the same ports (SO_REUSEPORT)."""
+    options = command.options
+
+    def child(listen: tuple[Address, ...], tls_listen: tuple[Address, ...]) -> int:
+        one = dataclasses.replace(
+            command,
+            processes=1,
+            options=dataclasses.replace(
+                options, listen=listen, tls_listen=tls_listen, reuse_port=True
+            ),
+        )
+        try:
+            return run_serve(one)
+        except CLIError as exc:
+            print(f"smtpkit: error: {exc}", file=sys.stderr)
+            return exc.status
+
+    try:
+        return run_processes(command.processes, options.listen, options.tls_listen, child)
+    except OSError as exc:
+        raise CLIError(f"cannot listen: {exc.strerror or exc}", EXIT_FAILURE) from None
 
 
 def _prepare_maildir(path: Path, user: str | None) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import final
 
 from handlers import Handler, HandlerFactory
-from smtp_core import Config, Reply, ServerConnection
+from smtp_core import Config, Reply, ServerConnection, format_reply
 
 from ._limits import ConnectionLimits
 from ._pump import HookPlan, Pump, plan_for
@@ -101,7 +101,10 @@ class App:
             config = self._configs[plan.offers_auth] = dataclasses.replace(base, **changes)  # type: ignore[arg-type]
         return config
 
-    def new_session(self, peer: Address | None, *, tls: bool = False) -> Pump:
+    def new_session(
+        self, peer: Address | None, *, tls: bool = False, tls_version: str | None = None
+    ) -> Pump:
+        """A session for a new connection; `tls`/`tls_version` for implicit TLS (SMTPS)."""
         handler = self.factory()
         plan = plan_for(type(handler))
         conn = ServerConnection(self.config_for(plan), peer, tls=tls, auto_accept=plan.auto_accept)
@@ -112,12 +115,11 @@ class App:
             timeout=o.timeout,
             data_timeout=o.data_timeout,
             received_header=o.received_header,
+            tls_version=tls_version,
         )
 
     def refusal(self, reason: str) -> bytes:
         """The 421 for a client turned away by a connection limit (no session is made)."""
         text = f"{self.options.config.hostname} Error: {reason}"
         reply = Reply(code=421, text=(text,), enhanced="4.7.0")
-        from smtp_core._reply import format_reply
-
         return format_reply(reply, enhanced=self.options.config.enhanced_status_codes)

@@ -6,7 +6,7 @@ Every transport runs the same loop around it:
     while True:
         action = pump.next_action()
         write(pump.data_to_send())          # always flush before waiting on anything
-        if action is NEED_DATA: read more (within pump.read_deadline(now)); continue
+        if action is NEED_DATA: read more (until pump.read_deadline()); continue
         if isinstance(action, HookCall): run it (THREAD: worker pool, ASYNC: await on the
             loop), then pump.hook_done(result) or pump.hook_failed(exc); continue
         if action is START_TLS: handshake, then pump.tls_started(version); continue
@@ -187,13 +187,14 @@ class Pump:
         timeout: float = 300.0,
         data_timeout: float = 600.0,
         received_header: bool = True,
+        tls_version: str | None = None,
         queue_id: Callable[[], str] = new_queue_id,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.conn = conn
         self.handler = handler
         self.plan = plan_for(type(handler))
-        self.session = Session(conn)
+        self.session = Session(conn, tls_version)
         self.envelope = Envelope(conn)
         handler.session = self.session
         handler.envelope = self.envelope
@@ -252,7 +253,7 @@ class Pump:
     def hook_failed(self, exc: BaseException) -> None:
         """The outstanding hook raised. The client gets 451 4.3.0; the log gets the traceback."""
         name = self._call.name if self._call else "?"
-        log.error("%s: hook %s() raised", self._peer_text(), name, exc_info=exc)
+        log.error("%s: hook %s() raised", self.peer_text, name, exc_info=exc)
         event = self._take_call()
         if event is not None:
             self._finish(event, _WELCOME_ERROR if isinstance(event, Connected) else _INTERNAL_ERROR)
@@ -292,7 +293,7 @@ class Pump:
 
     def timeout_expired(self) -> bytes:
         """421 4.4.2 and close: the peer was too slow."""
-        log.info("%s: timeout", self._peer_text())
+        log.info("%s: timeout", self.peer_text)
         return self.abort(
             Reply(
                 code=421,
@@ -313,7 +314,12 @@ class Pump:
             "shutdown",
         )
 
-    def abort(self, reply: Reply, reason: str = "aborted") -> bytes:
+    def connection_lost(self) -> None:
+        """The connection broke (reset, or EOF while a reply could not be sent): end the
+        session without a reply and without running what the peer had pipelined."""
+        self.abort(None, "lost")
+
+    def abort(self, reply: Reply | None, reason: str = "aborted") -> bytes:
         """End the session now with `reply`. The transport sends the bytes, then drives
         `next_action()` once more so that the close hook runs, or closes if a hook is stuck."""
         self.close_reason = self.close_reason or reason
@@ -353,7 +359,7 @@ class Pump:
         args: tuple[Any, ...]
         if isinstance(event, Connected):
             args = (self.session.client_ip,)
-            log.info("connect from %s", self._peer_text())
+            log.info("connect from %s", self.peer_text)
         elif isinstance(event, Hello):
             args = (event.hostname,)
         elif isinstance(event, AuthCredentials):
@@ -403,7 +409,7 @@ class Pump:
         if not _valid(result, lmtp=isinstance(event, Message) and self.conn.config.lmtp):
             log.error(
                 "%s: hook %s() returned %r, not Accept, Reject or Close",
-                self._peer_text(),
+                self.peer_text,
                 _HOOK_OF[type(event)],
                 result,
             )
@@ -424,7 +430,7 @@ class Pump:
             event.sender,
             len(event.recipients),
             len(event.content),
-            self._peer_text(),
+            self.peer_text,
             _describe(result),
         )
         return result
@@ -447,7 +453,9 @@ class Pump:
         )
         return header.encode("utf-8", errors="replace")
 
-    def _peer_text(self) -> str:
+    @property
+    def peer_text(self) -> str:
+        """The peer as logged: [ip]:port."""
         peer = self.conn.peer
         if peer is None:
             return "unknown"
@@ -456,7 +464,7 @@ class Pump:
     def _log_close(self) -> None:
         log.info(
             "disconnect from %s reason=%s messages=%d duration=%.3fs",
-            self._peer_text(),
+            self.peer_text,
             self.close_reason,
             self.messages,
             self._clock() - self._started,

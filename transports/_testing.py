@@ -1,19 +1,21 @@
 """`running_server()`: a real server on a free port, for testing handlers (no pytest needed).
 
 The public home is `transports.testing`, which adds the pytest plugin; this module stays free
-of pytest so that `transports` can export `running_server` without importing it.
+of pytest so that `transports` can export `running_server` without importing it. It imports
+the server only when called: pytest imports the plugin before coverage starts (see
+`transports/__init__.py`).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from handlers import HandlerFactory
+if TYPE_CHECKING:
+    from handlers import HandlerFactory
 
-from ._options import ServerOptions
-from ._server import Server
+    from ._server import Server
 
 __all__ = ["TEST_GRACE_PERIOD", "running_server"]
 
@@ -40,6 +42,9 @@ def running_server(
     ...     with smtplib.SMTP(server.host, server.port) as client:
     ...         client.sendmail("a@example.org", ["b@example.org"], b"Subject: hi\\r\\n\\r\\nhi")
     """
+    from ._options import ServerOptions
+    from ._server import Server
+
     overrides: dict[str, Any] = {
         "listen": (("127.0.0.1", 0),),
         "grace_period": TEST_GRACE_PERIOD,

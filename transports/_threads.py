@@ -241,13 +241,16 @@ class ThreadsRunner(Runner):
                     return
 
     def _on_wake(self) -> None:
-        # Clear the flag before draining: a worker that finishes from here on sends a new byte.
-        self._wake_pending = False
+        # Drain the bytes, then clear the flag, then drain the results: a result appended after
+        # the flag is cleared comes with a new byte; one appended before is in the deque.
+        # (Clearing first would lose a wake-up: a byte sent in between would be eaten while
+        # the flag stays set.)
         try:
             while self._wake_r.recv(4096):
                 pass
         except (BlockingIOError, InterruptedError):
             pass
+        self._wake_pending = False
         done = self._done
         while done:
             c, ticket, ok, result = done.popleft()
@@ -487,7 +490,11 @@ class ThreadsRunner(Runner):
         """Queue `data` for the peer, encrypted if TLS is on; write at once if nothing waits."""
         tls = c.tls
         if tls is not None and not c.dead:
-            tls.obj.write(data)
+            try:
+                tls.obj.write(data)
+            except (ssl.SSLError, ValueError):  # the TLS session is over (a close_notify)
+                c.dead = True
+                return
             data = tls.outgoing.read()
         self._send_raw(c, data)
 
@@ -642,6 +649,7 @@ class ThreadsRunner(Runner):
     def _begin_shutdown(self, now: float) -> None:
         self._shutting_down = True
         self._grace_deadline = now + self.app.options.grace_period
+        self._accept_paused_until = 0.0
         self._close_listeners()
         for c in list(self._conns):
             if c.closed or c.busy or c.phase != _RUN or not c.started:

@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
-from handlers import HandlerFactory
-
-from ._server import Server
 from ._testing import TEST_GRACE_PERIOD, running_server
+
+if TYPE_CHECKING:  # pytest imports this plugin before coverage starts: import nothing heavy
+    from handlers import HandlerFactory
+
+    from ._server import Server
 
 __all__ = ["TEST_GRACE_PERIOD", "ServerFactory", "running_server", "smtp_server_factory"]
 

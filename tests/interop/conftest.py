@@ -6,6 +6,7 @@ pointer to that script; it is never skipped (DESIGN.md section 6).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -37,6 +38,12 @@ def find_tool(name: str) -> str:
     if path is None:
         pytest.fail(f"{name} is not installed: run scripts/setup-test", pytrace=False)
     return path
+
+
+@pytest.fixture
+def tool() -> Callable[[str], str]:
+    """tool("swaks"): the path of a Debian peer (fails the test when it is missing)."""
+    return find_tool
 
 
 def free_port() -> int:
@@ -193,3 +200,176 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     cert.cert_chain_pems[0].write_to_path(str(files["cert"]))
     cert.private_key_pem.write_to_path(str(files["key"]))
     return files
+
+
+class Postfix:
+    """A private Postfix instance (its own config, queue and mail folders under `root`),
+    listening on 127.0.0.1:`port`, delivering example.org to Maildirs under `root`/mail."""
+
+    def __init__(self, root: Path, port: int) -> None:
+        self.root = root
+        self.host = "127.0.0.1"
+        self.port = port
+        self.conf = root / "conf"
+        self.mail = root / "mail"
+        self.maillog = root / "maillog"
+
+    def postfix(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [find_tool("postfix"), "-c", str(self.conf), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def delivered(self, user: str, count: int = 1, timeout: float = 20.0) -> list[str]:
+        """Wait until `user`'s Maildir holds `count` messages; return them all."""
+        new = self.mail / user / "new"
+        deadline = time.monotonic() + timeout
+        while True:
+            files = sorted(new.iterdir()) if new.is_dir() else []
+            if len(files) >= count or time.monotonic() > deadline:
+                return [p.read_text(errors="replace") for p in files]
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        return self.maillog.read_text(errors="replace") if self.maillog.exists() else ""
+
+
+#: What the private Postfix does, so that every kind of verdict can be drawn from it.
+POSTFIX_MAIN_CF = """\
+compatibility_level = 3.6
+queue_directory = {root}/queue
+data_directory = {root}/data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = postfix.example
+mydomain = example
+myorigin = postfix.example
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+maillog_file = {root}/maillog
+maillog_file_prefixes = {root}
+biff = no
+smtputf8_enable = yes
+smtpd_banner = $myhostname ESMTP Postfix
+# Only example.org is ours; nothing is relayed (the gateway's client is not in mynetworks).
+mydestination =
+mynetworks = 192.0.2.0/24
+relay_domains =
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+default_transport = discard
+virtual_mailbox_domains = example.org
+virtual_mailbox_maps = texthash:{root}/conf/vmailbox
+virtual_mailbox_base = {root}/mail
+virtual_uid_maps = static:{uid}
+virtual_gid_maps = static:{gid}
+# Verdicts on demand: a busy recipient (4xx at RCPT), a deferred sender (4xx after the
+# message), a rejected header (5xx after the message), a size limit (552).
+smtpd_recipient_restrictions = check_recipient_access texthash:{root}/conf/recipients,
+    permit_mynetworks, reject_unauth_destination
+smtpd_end_of_data_restrictions = check_sender_access texthash:{root}/conf/senders
+header_checks = regexp:{root}/conf/header_checks
+message_size_limit = 200000
+smtpd_tls_security_level = may
+smtpd_tls_cert_file = {root}/conf/cert.pem
+smtpd_tls_key_file = {root}/conf/key.pem
+smtpd_tls_received_header = yes
+"""
+
+POSTFIX_MASTER_CF = """\
+127.0.0.1:{port} inet n - n - - smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+virtual   unix  -       n       n       -       -       virtual
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+
+
+@pytest.fixture(scope="module")
+def postfix(tls_files: dict[str, Path]) -> Iterator[Postfix]:
+    """A real Postfix (master, smtpd, cleanup, qmgr, virtual) on a free port, private to the
+    test module. Users bob@ and carol@example.org have Maildirs; see POSTFIX_MAIN_CF for the
+    verdicts it can be made to give."""
+    find_tool("postfix")
+    if os.geteuid() != 0:
+        pytest.fail("a private Postfix instance needs root (CI runs as root)", pytrace=False)
+    import pwd
+
+    entry = pwd.getpwnam("postfix")
+    root = Path(tempfile.mkdtemp(prefix="smtpkit-postfix-"))
+    root.chmod(0o755)
+    port = free_port()
+    instance = Postfix(root, port)
+    instance.conf.mkdir()
+    (root / "queue").mkdir()  # root's; `postfix start` makes its subfolders
+    for folder in ("data", "mail"):
+        (root / folder).mkdir()
+        os.chown(root / folder, entry.pw_uid, entry.pw_gid)
+    (instance.conf / "main.cf").write_text(
+        POSTFIX_MAIN_CF.format(root=root, uid=entry.pw_uid, gid=entry.pw_gid)
+    )
+    (instance.conf / "master.cf").write_text(POSTFIX_MASTER_CF.format(port=port))
+    (instance.conf / "vmailbox").write_text("bob@example.org bob/\ncarol@example.org carol/\n")
+    (instance.conf / "recipients").write_text("busy@example.org 450 4.2.1 Mailbox busy\n")
+    (instance.conf / "senders").write_text("later@elsewhere.example 451 4.7.1 Try again later\n")
+    (instance.conf / "header_checks").write_text(
+        "/^Subject: reject-me/ REJECT spam is not welcome\n"
+    )
+    shutil.copy(tls_files["cert"], instance.conf / "cert.pem")
+    shutil.copy(tls_files["key"], instance.conf / "key.pem")
+    started = instance.postfix("start")
+    try:
+        if started.returncode != 0:
+            raise RuntimeError(f"postfix start failed: {started.stderr}\n{instance.log()}")
+        deadline = time.monotonic() + STARTUP
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"postfix is not listening:\n{instance.log()}") from None
+                time.sleep(0.1)
+        yield instance
+    finally:
+        pid = _master_pid(root)
+        instance.postfix("stop")
+        if pid is not None:  # our master, and only it, if it lingers
+            deadline = time.monotonic() + 10
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _master_pid(root: Path) -> int | None:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int((root / "queue" / "pid" / "master.pid").read_text().split()[0])
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    with contextlib.suppress(OSError):  # a zombie is gone for our purpose
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
+    return True

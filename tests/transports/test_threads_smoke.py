@@ -229,6 +229,47 @@ def test_hooks_run_at_once_up_to_the_pool_size() -> None:
     assert peak == workers  # all of the pool, and never more
 
 
+def test_no_hook_result_is_lost_under_load() -> None:
+    """Many sessions, every hook on a small pool: each result must wake the I/O thread."""
+    sessions, messages = 12, 40
+    calls = 0
+    lock = threading.Lock()
+
+    class Counting(Handler):  # mail, rcpt and data all make a trip to the pool
+        def mail(self, sender: str, params: object) -> Accept:
+            return Accept()
+
+        def rcpt(self, recipient: str, params: object) -> Accept:
+            return Accept()
+
+        def data(self, message: bytes) -> Accept:
+            nonlocal calls
+            with lock:
+                calls += 1
+            return Accept()
+
+    errors: list[BaseException] = []
+
+    def client(address: tuple[str, int]) -> None:
+        try:
+            with smtplib.SMTP(*address, timeout=WAIT) as c:
+                for _ in range(messages):
+                    c.sendmail("a@b.example", ["c@d.example"], "Subject: x\r\n\r\nhi\r\n")
+        except BaseException as exc:
+            errors.append(exc)
+
+    with running(Counting, workers=4) as server:
+        threads = [
+            threading.Thread(target=client, args=(server.addresses[0],)) for _ in range(sessions)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(4 * WAIT)
+    assert not errors
+    assert calls == sessions * messages
+
+
 # ---------------------------------------------------------------------- TLS
 
 
@@ -447,8 +488,9 @@ def test_shutdown_ends_idle_sessions_and_lets_transactions_finish() -> None:
         assert not stopper.is_alive()
 
 
-def test_grace_period_cuts_off_a_stuck_hook() -> None:
+def test_grace_period_cuts_off_a_stuck_hook_and_a_slow_sender() -> None:
     in_hook, release = threading.Event(), threading.Event()
+    closed: list[str | None] = []
 
     class Stuck(Handler):
         def data(self, message: bytes) -> Accept:
@@ -456,15 +498,25 @@ def test_grace_period_cuts_off_a_stuck_hook() -> None:
             release.wait(WAIT)
             return Accept()
 
+        def close(self) -> None:
+            closed.append(self.session.helo_name)
+
     server = Server(Stuck, options(grace_period=0.2), transport="threads").start()
     try:
-        with peer(server.addresses[0]) as p:
-            start_transaction(p)
-            p.send(b"Subject: x\r\n\r\nhi\r\n.\r\n")
+        with peer(server.addresses[0]) as stuck, peer(server.addresses[0]) as slow:
+            start_transaction(stuck)
+            stuck.send(b"Subject: x\r\n\r\nhi\r\n.\r\n")
             assert in_hook.wait(WAIT)
-            server.stop()  # returns although the hook is still stuck
-            assert p.reply().startswith(b"421 4.3.2")
-            assert p.reply() == b""
+            start_transaction(slow)
+            slow.send(b"Subject: y\r\n\r\nnever finished")
+            server.stop()  # returns although a hook is still stuck
+            assert stuck.reply().startswith(b"421 4.3.2")
+            assert stuck.reply() == b""
+            assert slow.reply().startswith(b"421 4.3.2")
+            assert slow.reply() == b""
+        # The slow sender's close hook ran (here, at the cut-off); the stuck session's handler
+        # is still busy on a worker, so its close hook is not run behind its back.
+        assert closed == ["client.example"]
     finally:
         release.set()
 
