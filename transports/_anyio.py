@@ -42,7 +42,7 @@ from anyio.streams.tls import TLSAttribute, TLSStream
 
 from smtp_core import Reply
 
-from ._options import App, ServerOptions
+from ._options import CUTOFF_WAIT, App, ServerOptions
 from ._pump import CLOSE, NEED_DATA, START_TLS, HookCall, Mode, Pump
 from ._server import Runner
 
@@ -52,9 +52,6 @@ log = logging.getLogger("smtpkit")
 
 #: Bytes asked for per read.
 READ_SIZE: Final = 65536
-#: After the grace period, how long a cut-off session may take to say 421 and run its close
-#: hook before it is dropped.
-CUTOFF_WAIT: Final = 1.0
 #: How long to back off when accept() runs out of file descriptors or memory.
 ACCEPT_BACKOFF: Final = 0.1
 #: Connections accepted per wake-up of a listener, before other tasks get a turn.

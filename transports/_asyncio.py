@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import signal
 import socket
@@ -18,18 +19,13 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar, cast, final
 
-from ._options import App
+from ._options import CUTOFF_WAIT, LINGER, App
 from ._pump import CLOSE, NEED_DATA, START_TLS, HookCall, Mode, Pump
 from ._server import Runner
 
 __all__ = ["AsyncioRunner"]
 
 log = logging.getLogger("smtpkit")
-#: Seconds a closing connection waits for the peer to close its side (see `close()`).
-_LINGER = 2.0
-
-#: After the grace period, how long cut-off sessions may take to run their close hooks.
-CUTOFF_WAIT = 1.0
 
 
 def _loop_factory(use_uvloop: bool) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -301,19 +297,19 @@ class SessionProtocol(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         if call.mode is Mode.THREAD:
             future = loop.run_in_executor(self.runner.pool, call.fn, *call.args)
-            future.add_done_callback(self.hook_finished)
+            future.add_done_callback(functools.partial(self.hook_finished, call))
         else:
             self.task = loop.create_task(self.run_async_hook(call))
 
-    def hook_finished(self, future: asyncio.Future[Any]) -> None:
+    def hook_finished(self, call: HookCall, future: asyncio.Future[Any]) -> None:
         pump = self.pump
         assert pump is not None
         if future.cancelled():
-            pump.hook_failed(asyncio.CancelledError())
+            pump.hook_failed(asyncio.CancelledError(), call)
         elif (exc := future.exception()) is not None:
-            pump.hook_failed(exc)
+            pump.hook_failed(exc, call)
         else:
-            pump.hook_done(future.result())
+            pump.hook_done(future.result(), call)
         self.resume()
 
     async def run_async_hook(self, call: HookCall) -> None:
@@ -322,9 +318,9 @@ class SessionProtocol(asyncio.Protocol):
         try:
             result = await call.fn(*call.args)
         except Exception as exc:
-            pump.hook_failed(exc)
+            pump.hook_failed(exc, call)
         else:
-            pump.hook_done(result)
+            pump.hook_done(result, call)
         self.resume()
 
     def resume(self) -> None:
@@ -419,7 +415,7 @@ class SessionProtocol(asyncio.Protocol):
         if not self.reading:
             self.reading = True
             transport.resume_reading()
-        self.timer = asyncio.get_running_loop().call_later(_LINGER, transport.close)
+        self.timer = asyncio.get_running_loop().call_later(LINGER, transport.close)
 
     # ------------------------------------------------------------------ shutdown
 

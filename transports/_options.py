@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import ssl
 from dataclasses import dataclass, field
-from typing import final
+from typing import Final, final
 
 from handlers import Handler, HandlerFactory
 from smtp_core import Config, Reply, ServerConnection, format_reply
@@ -13,9 +13,16 @@ from smtp_core import Config, Reply, ServerConnection, format_reply
 from ._limits import ConnectionLimits
 from ._pump import HookPlan, Pump, plan_for
 
-__all__ = ["App", "ServerOptions"]
+__all__ = ["CUTOFF_WAIT", "LINGER", "App", "ServerOptions"]
 
 Address = tuple[str, int]
+
+#: After the last reply, how long a half-closed connection waits for the peer's EOF before it
+#: is closed (closing at once could reset the connection and destroy that reply in flight).
+LINGER: Final = 2.0
+#: After the grace period, how long cut-off sessions may take to say 421 and run their close
+#: hooks before they are dropped.
+CUTOFF_WAIT: Final = 1.0
 
 
 @final

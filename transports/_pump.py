@@ -244,14 +244,21 @@ class Pump:
                 return action
         return CLOSE
 
-    def hook_done(self, result: Any) -> None:
-        """The outstanding hook returned `result` (its awaited value, for an async hook)."""
+    def hook_done(self, result: Any, call: HookCall | None = None) -> None:
+        """The outstanding hook returned `result` (its awaited value, for an async hook).
+
+        Pass the `call` it answers: a late result of a call the session gave up on (an abort
+        while the hook ran) is then dropped instead of answering a newer call."""
+        if call is not None and call is not self._call:
+            return
         event = self._take_call()
         if event is not None:
             self._finish(event, result)
 
-    def hook_failed(self, exc: BaseException) -> None:
+    def hook_failed(self, exc: BaseException, call: HookCall | None = None) -> None:
         """The outstanding hook raised. The client gets 451 4.3.0; the log gets the traceback."""
+        if call is not None and call is not self._call:
+            return
         name = self._call.name if self._call else "?"
         log.error("%s: hook %s() raised", self.peer_text, name, exc_info=exc)
         event = self._take_call()

@@ -9,6 +9,8 @@ ever watches raw sockets and there is no hidden buffer inside an `SSLSocket` to 
 Per connection: a write buffer (EVENT_WRITE is asked for only while it holds bytes), no reads
 while a hook runs or while the buffer is past `_HIGH_WATER` (so a pipelined flood stays
 bounded), and one deadline, checked by a sweep that runs when the nearest deadline is due.
+After the last reply the socket is half-closed and lingers until the peer's EOF, so that
+closing never resets a connection whose last reply is still in flight.
 Async hooks need an event loop; `check()` refuses them before the server binds.
 """
 
@@ -27,9 +29,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, final
 
-from smtp_core import Reply
-
-from ._options import App
+from ._options import CUTOFF_WAIT, LINGER, App
 from ._pump import CLOSE, NEED_DATA, START_TLS, HookCall, Mode, Pump, plan_for
 from ._server import Runner
 
@@ -58,14 +58,14 @@ _NEVER: Final = math.inf
 
 # A connection's phase. RUN: the pump is driven (reading, or a hook running). TLS_PENDING: the
 # 220 to STARTTLS is still draining in plaintext. HANDSHAKE: the TLS handshake is running.
-# CLOSING: the session is over; the last bytes drain, then the socket closes.
+# CLOSING: the session is over; the last bytes drain. LINGER: all sent and our side shut
+# down; what still arrives is discarded until the peer's EOF, then the socket closes (closing
+# with unread input would reset the connection and could destroy the last reply in flight).
 _RUN: Final = 0
 _TLS_PENDING: Final = 1
 _HANDSHAKE: Final = 2
 _CLOSING: Final = 3
-
-#: Never sent: it only ends the engine's session after a failed STARTTLS handshake.
-_TLS_FAILED: Final = Reply(code=421, text=("TLS handshake failed",), enhanced="4.7.0")
+_LINGER: Final = 4
 _WAKE: Final = object()
 
 
@@ -175,6 +175,7 @@ class ThreadsRunner(Runner):
         self._accept_paused_until = 0.0
         self._shutting_down = False
         self._grace_deadline = _NEVER
+        self._cut = False
         self._refusals: dict[str, bytes] = {}
 
     # ------------------------------------------------------------------ Runner
@@ -237,8 +238,11 @@ class ThreadsRunner(Runner):
                 if not self._conns:
                     return
                 if now >= self._grace_deadline:
+                    if self._cut:
+                        return  # close hooks still queued behind stuck ones are abandoned
                     self._cut_off()
-                    return
+                    self._cut = True
+                    self._grace_deadline = now + CUTOFF_WAIT
 
     def _on_wake(self) -> None:
         # Drain the bytes, then clear the flag, then drain the results: a result appended after
@@ -262,6 +266,9 @@ class ThreadsRunner(Runner):
                     c.pump.hook_done(result)
                 else:
                     c.pump.hook_failed(result)
+                if c.dead and not c.eof:
+                    c.eof = True
+                    c.pump.connection_lost()
                 self._drive(c)
             except Exception:
                 self._crash(c)
@@ -363,7 +370,7 @@ class ThreadsRunner(Runner):
                     if c.eof:
                         raise RuntimeError("the engine asks for data after EOF")
                     c.eof = True
-                    pump.receive_data(b"")
+                    pump.connection_lost()
                     continue
                 if self._shutting_down and pump.idle:
                     self._send(c, pump.shutting_down())
@@ -384,7 +391,8 @@ class ThreadsRunner(Runner):
                 break
             if action is START_TLS:
                 if c.dead:
-                    pump.abort(_TLS_FAILED, "tls failed")
+                    c.eof = True
+                    pump.connection_lost()
                     continue
                 c.phase = _TLS_PENDING
                 self._set_deadline(c, time.monotonic() + self._handshake_timeout)
@@ -400,7 +408,7 @@ class ThreadsRunner(Runner):
                     tls.obj.unwrap()  # queues our close_notify; the peer's is not awaited
                 self._send_raw(c, tls.outgoing.read())
             if not c.out or c.dead:
-                self._close(c)
+                self._linger(c)
                 return
             self._set_deadline(c, time.monotonic() + self._close_flush)
             break
@@ -413,7 +421,7 @@ class ThreadsRunner(Runner):
         phase = c.phase
         if phase == _RUN:
             want = 0 if c.busy or c.eof or c.dead or len(c.out) >= _HIGH_WATER else _READ
-        elif phase == _HANDSHAKE:
+        elif phase in (_HANDSHAKE, _LINGER):
             want = _READ
         else:
             want = 0
@@ -444,6 +452,10 @@ class ThreadsRunner(Runner):
         except OSError:  # ECONNRESET and friends
             self._lost(c)
             return
+        if c.phase == _LINGER:
+            if not data:
+                self._close(c)
+            return  # discarded
         tls = c.tls
         if tls is not None:
             if c.phase == _HANDSHAKE:
@@ -479,7 +491,7 @@ class ThreadsRunner(Runner):
         del out[:sent]
         if not out:
             if c.phase == _CLOSING:
-                self._close(c)
+                self._linger(c)
                 return
             if c.phase == _TLS_PENDING:
                 self._start_tls(c)
@@ -523,9 +535,9 @@ class ThreadsRunner(Runner):
             self._update(c)  # the hook's completion drives the session to its end
         elif c.phase == _RUN:
             c.eof = True
-            c.pump.receive_data(b"")
+            c.pump.connection_lost()
             self._drive(c)
-        elif c.phase == _CLOSING:
+        elif c.phase == _CLOSING or c.phase == _LINGER:
             self._close(c)
         else:
             self._tls_failed(c, "connection lost")
@@ -565,8 +577,7 @@ class ThreadsRunner(Runner):
         if c.started:
             c.pump.tls_started(version)
         else:
-            c.pump = self.app.new_session(c.peer, tls=True)
-            c.pump.session.tls_version = version
+            c.pump = self.app.new_session(c.peer, tls=True, tls_version=version)
             c.started = True
         if self._tls_read(c):  # what the client sent right behind its Finished
             self._drive(c)
@@ -607,7 +618,7 @@ class ThreadsRunner(Runner):
         c.dead = True
         c.out.clear()
         c.eof = True
-        c.pump.abort(_TLS_FAILED, "tls failed")  # the reply is dropped, never sent
+        c.pump.abort(None, "tls failed")
         self._drive(c)
 
     # ------------------------------------------------------------------ timeouts
@@ -639,7 +650,7 @@ class ThreadsRunner(Runner):
         elif c.phase == _RUN:
             self._send(c, c.pump.timeout_expired())
             self._drive(c)
-        elif c.phase == _CLOSING:
+        elif c.phase == _CLOSING or c.phase == _LINGER:
             self._close(c)
         else:
             self._tls_failed(c, "timeout")
@@ -663,42 +674,54 @@ class ThreadsRunner(Runner):
         # The rest get their 421 in _drive() once idle, or are cut off after the grace period.
 
     def _cut_off(self) -> None:
-        """The grace period is over: end every session now."""
+        """The grace period is over: 421 and drop every connection, then run each session to
+        its end without it, so that its close hook still runs (on the pool, for up to
+        `CUTOFF_WAIT`). The late result of a stuck hook is dropped."""
+        log.warning("grace period over; cutting off %d sessions", len(self._conns))
         for c in list(self._conns):
             if c.closed:
                 continue
+            session = c.started and c.phase != _CLOSING and c.phase != _LINGER
             try:
-                if c.started and c.phase != _CLOSING:
-                    bye = c.pump.shutting_down()  # drops a running hook's late result
+                if session:
+                    bye = c.pump.shutting_down()  # also forgets a running hook
                     if c.phase == _RUN:
                         self._send(c, bye)
-                    if not c.busy:
-                        self._finish_inline(c)
-                    # else the hook is stuck on a worker: the handler is still in use there,
-                    # so its close hook does not run.
                 if c.out and not c.dead:
                     c.sock.send(c.out, socket.MSG_DONTWAIT)
-            except Exception as exc:
-                if not isinstance(exc, OSError):
-                    log.exception("%r: error while cutting the session off", c)
-            self._close(c)
-
-    def _finish_inline(self, c: _Conn) -> None:
-        """After an abort, run what is left (the close hook) here, in this thread."""
-        pump = c.pump
-        for _ in range(4):
-            action = pump.next_action()
-            data = pump.data_to_send()
-            if data and c.phase == _RUN:
-                self._send(c, data)
-            if not isinstance(action, HookCall):
-                return
+            except OSError:
+                pass
+            except Exception:
+                self._crash(c)
+                continue
+            if not session:
+                self._close(c)
+                continue
+            c.phase = _RUN
+            c.busy = False
+            c.dead = c.eof = True
+            c.out.clear()
+            with contextlib.suppress(OSError):
+                c.sock.shutdown(socket.SHUT_RDWR)  # the peer sees the end now
             try:
-                result = action.fn(*action.args)
-            except Exception as exc:
-                pump.hook_failed(exc)
-            else:
-                pump.hook_done(result)
+                self._drive(c)  # the close hook: inline, or on the pool
+            except Exception:
+                self._crash(c)
+
+    def _linger(self, c: _Conn) -> None:
+        """All sent: shut our side down, discard what still arrives, close on the peer's EOF
+        (or after `LINGER`)."""
+        if c.dead or c.eof:
+            self._close(c)
+            return
+        try:
+            c.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close(c)
+            return
+        c.phase = _LINGER
+        self._set_deadline(c, time.monotonic() + LINGER)
+        self._update(c)
 
     def _close_listeners(self) -> None:
         for listener in self._listeners:
