@@ -131,7 +131,9 @@ def main(argv: list[str] | None = None) -> None:
         import dns.resolver  # noqa: F401  (fail now, not at the first client: pip install dnspython)
     gateway = configure(args)
     host, port = args.downstream
-    factory = functools.partial(gateway, host, port, starttls=args.downstream_starttls)
+    factory = functools.partial(
+        gateway, host, port, starttls=args.downstream_starttls, local_hostname=args.hostname
+    )
     config = Config(hostname=args.hostname, auth_allow_plaintext=args.auth_allow_plaintext)
     ssl_context = make_ssl_context(args.tls_cert, args.tls_key) if args.tls_cert else None
     options = ServerOptions(config=config, listen=(args.listen,), ssl_context=ssl_context)

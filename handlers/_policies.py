@@ -231,8 +231,11 @@ class Dnsbl(Policy):
 
     def dnsbl_listed(self, client_ip: str, zone: str) -> bool:
         """True if `zone` lists `client_ip`."""
-        import dns.exception
-        import dns.resolver
+        try:
+            import dns.exception
+            import dns.resolver
+        except ImportError:
+            raise RuntimeError("Dnsbl needs dnspython: pip install 'smtpkit[dns]'") from None
 
         try:
             name = dnsbl_name(client_ip, zone)

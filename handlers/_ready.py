@@ -26,7 +26,7 @@ class SinkHandler(Handler):
 
 class PrintHandler(Handler):
     """Logs one line per message; with `dump`, prints the whole message to stdout too
-    (aiosmtpd's Debugging handler)."""
+    (aiosmtpd's Debugging handler), with newlines for CRLF and U+FFFD for undecodable bytes."""
 
     blocking: ClassVar[bool] = False
 
@@ -42,7 +42,7 @@ class PrintHandler(Handler):
             len(message),
         )
         if self.dump:
-            text = message.decode("utf-8", errors="replace")
+            text = message.decode("utf-8", errors="replace").replace("\r\n", "\n")
             print(
                 f"{_RULE} MESSAGE FOLLOWS {_RULE}\n{text}\n{_RULE} END MESSAGE {_RULE}",
                 flush=True,

@@ -77,10 +77,11 @@ def _fqdn() -> str:
     return socket.getfqdn()
 
 
+@functools.lru_cache(maxsize=1)
 def _opportunistic_context() -> ssl.SSLContext:
     """TLS without certificate checks, as MTAs do opportunistically (Postfix "may"/"encrypt"):
-    it defeats passive eavesdropping, not an active attacker."""
-    context = ssl.create_default_context()
+    it defeats passive eavesdropping, not an active attacker. One for all connections."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context

@@ -38,6 +38,7 @@ from handlers import (
 )
 from transports import _cli
 from transports._cli import CLIError, main, parse_serve
+from transports.testing import running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 #: How long to wait for something that must happen (a line on stderr, the exit).
@@ -859,3 +860,21 @@ def test_docs_password_file_example() -> None:
     assert passwords.check("alice@example.org", "correct horse battery staple")
     assert passwords.check("scanner", "scanner password")
     assert passwords.check("test", "test")
+
+
+def test_maildir_per_recipient_delivers_into_one_maildir_per_recipient(tmp_path: Path) -> None:
+    root = tmp_path / "boxes"
+    command = parse_serve(["--maildir", str(root), "--maildir-per-recipient"])
+    assert isinstance(command.factory, functools.partial)
+    assert command.factory.keywords == {"per_recipient": True}
+    with running_server(command.factory) as server, smtplib.SMTP(*server.addresses[0]) as client:
+        client.sendmail("a@example.org", ["bob@example.org", "Eve@Example.org"], MESSAGE)
+    boxes = sorted(p.name for p in root.iterdir())
+    assert boxes == ["bob@example.org", "eve@example.org"]
+    for box in boxes:
+        assert len(list((root / box / "new").iterdir())) == 1
+
+
+def test_maildir_per_recipient_needs_the_maildir_handler() -> None:
+    with pytest.raises(CLIError, match="--maildir-per-recipient is for --handler maildir"):
+        parse_serve(["--handler", "sink", "--maildir-per-recipient"])

@@ -174,6 +174,7 @@ class SessionProtocol(asyncio.Protocol):
         self.closing = False
         self.reading = True
         self.write_paused = False
+        self.peer_eof = False  # the peer closed its side: no lingering when we close
         self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None  # an async hook or the TLS handshake
@@ -218,6 +219,7 @@ class SessionProtocol(asyncio.Protocol):
     def eof_received(self) -> bool:
         if self.closing:
             return False  # lingering close: the peer read our last reply; done
+        self.peer_eof = True
         if self.pump is not None:
             self.pump.receive_data(b"")
             if not self.busy:
@@ -408,7 +410,7 @@ class SessionProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.lost:
             return
-        if not transport.can_write_eof():
+        if self.peer_eof or not transport.can_write_eof():
             transport.close()
             return
         transport.write_eof()

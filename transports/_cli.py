@@ -270,6 +270,11 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "--maildir", metavar="DIR", help="Maildir folder of --handler maildir (default ./maildir)"
     )
     hand.add_argument(
+        "--maildir-per-recipient",
+        action="store_true",
+        help="--handler maildir: deliver into DIR/<recipient>/, one Maildir per recipient",
+    )
+    hand.add_argument(
         "--dump", action="store_true", help="--handler print: print each whole message to stdout"
     )
     hand.add_argument(
@@ -476,6 +481,8 @@ def _handler_factory(args: argparse.Namespace) -> tuple[HandlerFactory, Path | N
                 raise CLIError(f"--{flag.replace('_', '-')} is for --handler relay")
     if args.maildir is not None and name != "maildir":
         raise CLIError("--maildir is for --handler maildir")
+    if args.maildir_per_recipient and name != "maildir":
+        raise CLIError("--maildir-per-recipient is for --handler maildir")
     if args.dump and name != "print":
         raise CLIError("--dump is for --handler print")
     if name == "sink":
@@ -486,6 +493,8 @@ def _handler_factory(args: argparse.Namespace) -> tuple[HandlerFactory, Path | N
         path = Path(args.maildir if args.maildir is not None else "maildir").absolute()
         if path.exists() and not path.is_dir():
             raise CLIError(f"--maildir {path} exists and is not a directory")
+        if args.maildir_per_recipient:
+            return functools.partial(MaildirHandler, str(path), per_recipient=True), path
         return functools.partial(MaildirHandler, str(path)), path
     if name == "relay":
         return _relay_factory(args), None
@@ -511,6 +520,7 @@ def _relay_factory(args: argparse.Namespace) -> HandlerFactory:
         starttls=args.relay_starttls or "opportunistic",
         username=username,
         password=password,
+        local_hostname=args.hostname,  # our EHLO name upstream; None: this host's FQDN
     )
 
 
@@ -640,7 +650,7 @@ def run_serve(command: ServeCommand) -> int:
         if pwd.getpwnam(command.user).pw_uid != os.geteuid():
             raise CLIError(f"--user {command.user}: only root can switch users")
     if command.maildir is not None:
-        _prepare_maildir(command.maildir, command.user)
+        _prepare_maildir(command.maildir, command.user, root_only=_per_recipient(command))
     _check_factory(command)
     try:
         server = Server(
@@ -707,12 +717,20 @@ def _serve_processes(command: ServeCommand) -> int:
         raise CLIError(f"cannot listen: {exc.strerror or exc}", EXIT_FAILURE) from None
 
 
-def _prepare_maildir(path: Path, user: str | None) -> None:
+def _per_recipient(command: ServeCommand) -> bool:
+    factory = command.factory
+    return isinstance(factory, functools.partial) and bool(factory.keywords.get("per_recipient"))
+
+
+def _prepare_maildir(path: Path, user: str | None, *, root_only: bool = False) -> None:
     """Create the Maildir now, so a bad path fails before serving; with --user as root, hand
-    the folders it creates to that user, who will write into them."""
-    created = [p for p in (path, path / "tmp", path / "new", path / "cur") if not p.exists()]
+    the folders it creates to that user, who will write into them. With `root_only` (one
+    Maildir per recipient, made on first delivery) only the root folder."""
+    subs = () if root_only else ("tmp", "new", "cur")
+    created = [p for p in (path, *(path / sub for sub in subs)) if not p.exists()]
     try:
-        for sub in ("tmp", "new", "cur"):
+        path.mkdir(parents=True, exist_ok=True)
+        for sub in subs:
             (path / sub).mkdir(parents=True, exist_ok=True)
         if user is not None and created and os.geteuid() == 0:
             import pwd

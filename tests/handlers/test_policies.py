@@ -21,6 +21,7 @@ from handlers import (
     Networks,
     PasswordAuth,
     PasswordFile,
+    Policy,
     RcptParams,
     Reject,
     RelayControl,
@@ -121,6 +122,15 @@ def test_a_policy_cannot_hand_over_to_an_async_hook() -> None:
         class Broken(RelayControl, AsyncDelivery):
             pass
 
+    class MyCheck(Policy):
+        def rcpt(self, recipient: str, params: RcptParams) -> HookResult:
+            return super().rcpt(recipient, params)
+
+    with pytest.raises(TypeError, match=r"MyCheck.rcpt\(\) is a plain def"):
+
+        class AlsoBroken(MyCheck, AsyncDelivery):
+            pass
+
     # Overriding an async hook outright (no super()) is fine.
     class Replaces(AsyncDelivery):
         def rcpt(self, recipient: str, params: RcptParams) -> HookResult:
@@ -128,7 +138,7 @@ def test_a_policy_cannot_hand_over_to_an_async_hook() -> None:
 
 
 def test_your_own_check_in_the_same_pattern() -> None:
-    class NoSpamSender(Handler):
+    class NoSpamSender(Policy):
         def mail(self, sender: str, params: Any) -> Any:
             if sender.endswith("@spam.example"):
                 return Reject(550, "5.7.1 Sender rejected")

@@ -55,6 +55,7 @@ def test_message_passes_through_the_cli_relay(smtpkit: Any, smtp_sink: Any) -> N
     assert "X-Rcpt-Args: <b@example.org>" in dump
     assert "X-Rcpt-Args: <c@example.net>" in dump
     assert "by relay.example (smtpkit) with ESMTP" in dump
+    assert "X-Helo-Args: relay.example" in dump  # --hostname is our EHLO name upstream
     # Dot-stuffing undone by us, redone by smtplib, undone by Postfix: the same text.
     assert "hello postfix\n..dotted\n" in dump.replace("\r\n", "\n")
 

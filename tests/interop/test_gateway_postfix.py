@@ -56,6 +56,7 @@ def test_message_reaches_the_postfix_maildir(gateway: Any, postfix: Any) -> None
     message = messages[-1]
     assert "by gw.example (smtpkit) with ESMTP" in message
     assert "by postfix.example (Postfix) with ESMTPS" in message  # STARTTLS to Postfix
+    assert "Received: from gw.example (" in message  # the gateway's EHLO name
     assert "hello postfix" in message
     queue_id = text.decode().rsplit(" ", 1)[1]
     assert f"{queue_id}: to=<bob@example.org>" in postfix.log()

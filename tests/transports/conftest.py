@@ -168,7 +168,7 @@ class Peer:
         return [self.reply() for _ in range(count)]
 
     def replies_until_closed(self, limit: int = 100_000) -> list[bytes]:
-        out = []
+        out: list[bytes] = []
         while len(out) < limit:
             reply = self.reply()
             if not reply:

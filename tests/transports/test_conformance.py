@@ -40,9 +40,8 @@ from conftest import (
 
 from handlers import Accept, Close, Handler, MaildirHandler, Reject, SinkHandler
 from smtp_core import Config, MailParams, RcptParams
-from transports import Server, ServerOptions, running_server
+from transports import Server, ServerOptions
 from transports._limits import ConnectionLimits
-from transports.testing import ServerFactory
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -51,7 +50,7 @@ QUEUED = re.compile(rb"^250 2\.0\.0 Ok: queued as ([0-9A-Z]+)\r\n\Z")
 
 
 class Keep(Handler):
-    """Keeps every message (in the class-level list a test resets), never blocks."""
+    """Keeps every message in its class's list (`keeper()` makes a fresh one); never blocks."""
 
     blocking = False
     messages: list[bytes] = []
@@ -187,11 +186,12 @@ def test_auth_over_starttls(
         with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
             client.auth(mechanism, authobject, initial_response_ok=initial_response)
         assert refused.value.smtp_code == 535
-        assert refused.value.smtp_error.startswith(b"5.7.8")
+        assert refused.value.smtp_error == b"5.7.8 Error: authentication failed"
         client.password = "s3cret"
         status, _ = client.auth(mechanism, authobject, initial_response_ok=initial_response)
         assert status == 235
         client.sendmail("a@b.example", ["c@d.example"], MESSAGE)
+        assert client.sock is not None
         local = client.sock.getsockname()
     [(peer, helo, is_tls, user, sender, recipients)] = seen
     assert peer == (local[0], local[1])
@@ -894,6 +894,7 @@ def test_max_connections(transport: Transport) -> None:
                 greeting = d.reply()
             if greeting.startswith(b"220") or time.monotonic() > deadline:
                 break
+            time.sleep(0.01)  # polling for a state, not proving concurrency
         assert greeting.startswith(b"220")
 
 
@@ -1066,8 +1067,8 @@ def test_graceful_shutdown(transport: Transport) -> None:
             assert QUEUED.match(busy.reply())
             assert busy.reply() == b"421 4.3.2 localhost Service shutting down\r\n"
             assert busy.closed()
-            stopper.join(WAIT)
-            assert not stopper.is_alive()
+        stopper.join(WAIT)  # (after our close: the server may linger for it)
+        assert not stopper.is_alive()
         assert len(calls.of("close")) == 2
     finally:
         release.set()
@@ -1191,35 +1192,3 @@ def test_ipv6(transport: Transport) -> None:
         server_cm.__exit__(None, None, None)
     [message] = messages
     assert message.startswith(b"Received: from ") and b"([IPv6:::1])" in message
-
-
-# ====================================================================== the pytest helper
-
-
-def test_running_server_helper(transport: Transport) -> None:
-    transport.require()
-    cls, messages = keeper()
-    with running_server(cls, transport=transport.name, anyio_backend=transport.anyio_backend) as s:
-        assert (s.host, s.port) == s.addresses[0]
-        assert s.host == "127.0.0.1" and s.port > 0
-        assert s.options.anyio_backend == transport.anyio_backend
-        with smtplib.SMTP(s.host, s.port) as client:
-            client.sendmail("a@b.example", ["c@d.example"], MESSAGE)
-    assert len(messages) == 1
-    with pytest.raises(ConnectionRefusedError):
-        socket.create_connection(s.addresses[0], timeout=WAIT).close()
-
-
-def test_smtp_server_factory_fixture(
-    transport: Transport, smtp_server_factory: ServerFactory, request: pytest.FixtureRequest
-) -> None:
-    assert request.config.pluginmanager.has_plugin("smtpkit"), "the pytest11 entry point"
-    transport.require()
-    cls, messages = keeper()
-    kw: dict[str, Any] = {"transport": transport.name, "anyio_backend": transport.anyio_backend}
-    servers = [smtp_server_factory(cls, **kw), smtp_server_factory(cls, timeout=5.0, **kw)]
-    assert servers[1].options.timeout == 5.0
-    for server in servers:
-        with smtplib.SMTP(server.host, server.port) as client:
-            client.sendmail("a@b.example", ["c@d.example"], MESSAGE)
-    assert len(messages) == 2
