@@ -66,11 +66,12 @@ class Server:
     args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     baseline: str = "aiosmtpd"
+    #: Run smtpkit with smtp_core compiled by mypyc (SMTPKIT_MYPYC=1), built once per run.
+    compiled: bool = False
 
 
 SERVERS: tuple[Server, ...] = (
-    # TODO(smtpkit CLI): assumed env var SMTPKIT_LOOP=uvloop|asyncio, which the asyncio transport
-    # must honour: it uses uvloop whenever installed otherwise, so the stdlib column would not be.
+    # SMTPKIT_LOOP=asyncio is the CLI's --no-uvloop: the stdlib event loop even with uvloop in.
     Server(
         "smtpkit-asyncio", "smtpkit", ("--transport", "asyncio"), (("SMTPKIT_LOOP", "asyncio"),)
     ),
@@ -81,7 +82,14 @@ SERVERS: tuple[Server, ...] = (
         (("SMTPKIT_LOOP", "uvloop"),),
         baseline="aiosmtpd-uvloop",
     ),
-    # TODO(smtpkit CLI): assumed flag --anyio-backend asyncio|trio for --transport anyio.
+    Server(
+        "smtpkit-asyncio-uvloop-mypyc",
+        "smtpkit",
+        ("--transport", "asyncio"),
+        (("SMTPKIT_LOOP", "uvloop"),),
+        baseline="aiosmtpd-uvloop",
+        compiled=True,
+    ),
     Server(
         "smtpkit-anyio-asyncio",
         "smtpkit",
@@ -93,6 +101,8 @@ SERVERS: tuple[Server, ...] = (
     Server("aiosmtpd", "aiosmtpd"),
     Server("aiosmtpd-uvloop", "aiosmtpd", ("--uvloop",), baseline="aiosmtpd-uvloop"),
 )
+#: Where the mypyc build goes (under the gitignored results folder).
+COMPILED_DIR = HERE / "results" / "mypyc-build"
 FAMILY_COMMAND = {"smtpkit": SMTPKIT, "aiosmtpd": AIOSMTPD}
 
 
@@ -228,19 +238,26 @@ def server_command(server: Server, scenario: Scenario, port: int | str) -> list[
 
 
 def server_env(server: Server, scenario: Scenario) -> dict[str, str]:
-    """The repo root for ``-m transports``; benchmarks/ too when ``blocking_handler`` is needed."""
-    paths = [str(ROOT)] + ([str(HERE)] if scenario.profile == "blocking" else [])
+    """The repo root for ``-m transports`` (or the compiled build, which holds all three
+    packages); benchmarks/ too when ``blocking_handler`` is needed."""
+    code = COMPILED_DIR if server.compiled else ROOT
+    paths = [str(code)] + ([str(HERE)] if scenario.profile == "blocking" else [])
     path = os.pathsep.join(filter(None, [*paths, os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONPATH": path, **dict(server.env)}
 
 
 @contextmanager
-def running_server(cmd: list[str], env: dict[str, str], log: IO[bytes]) -> Iterator[int]:
-    """Start the server in its own process group; always stop the whole group on the way out."""
+def running_server(
+    cmd: list[str], env: dict[str, str], log: IO[bytes], cwd: Path = ROOT
+) -> Iterator[int]:
+    """Start the server in its own process group; always stop the whole group on the way out.
+
+    `cwd` comes first on the server's sys.path (``python -m``), so a compiled server runs from
+    its build folder, where the sources can't shadow the compiled modules."""
     proc = subprocess.Popen(
         cmd,
         env=env,
-        cwd=ROOT,
+        cwd=cwd,
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -374,7 +391,8 @@ def run_one(server: Server, scenario: Scenario, rnd: int, settings: Settings) ->
     try:
         port = free_port(settings.used_ports)
         cmd, env = server_command(server, scenario, port), server_env(server, scenario)
-        with server_log.open("wb") as log, running_server(cmd, env, log) as pid:
+        cwd = COMPILED_DIR if server.compiled else ROOT
+        with server_log.open("wb") as log, running_server(cmd, env, log, cwd) as pid:
             wait_ready(pid, port, server_log)
             metrics = measure(scenario, port, pid, settings, client_log)
     except RunError as exc:
@@ -492,6 +510,23 @@ def exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def build_compiled() -> None:
+    """Build smtp_core with mypyc into COMPILED_DIR (pip install --target), from this tree."""
+    print(f"building the mypyc variant into {COMPILED_DIR} ...", file=sys.stderr)
+    if COMPILED_DIR.exists():
+        shutil.rmtree(COMPILED_DIR)
+    subprocess.run(
+        [PY, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--target", str(COMPILED_DIR), str(ROOT)],
+        env={**os.environ, "SMTPKIT_MYPYC": "1", "PIP_ROOT_USER_ACTION": "ignore"},
+        check=True,
+        timeout=900,
+    )  # fmt: skip
+    compiled = list((COMPILED_DIR / "smtp_core").glob("_connection*.so"))
+    if not compiled:
+        raise SystemExit("the mypyc build produced no compiled smtp_core")
+
+
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, exit_on_sigterm)
     args = parse_args(argv)
@@ -505,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--rounds must be between 1 and 50")
     procstat.raise_open_files_limit(MAX_OPEN_FILES)  # inherited by every server and client
     smtp_source = find_smtp_source(install=not args.no_install)
+    if any(server.compiled for server in servers):
+        build_compiled()
     for note in preflight(servers):
         print("note:", note, file=sys.stderr)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")

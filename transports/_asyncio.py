@@ -177,6 +177,7 @@ class SessionProtocol(asyncio.Protocol):
         self.peer_eof = False  # the peer closed its side: no lingering when we close
         self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0  # when `timer` fires, on the monotonic clock
         self.task: asyncio.Task[None] | None = None  # an async hook or the TLS handshake
 
     # ------------------------------------------------------------------ asyncio callbacks
@@ -266,15 +267,17 @@ class SessionProtocol(asyncio.Protocol):
                         if not self.lost:
                             transport.write(out)
                         continue
-                    self.deadline = pump.read_deadline()
-                    delay = self.deadline - time.monotonic()
-                    loop = asyncio.get_running_loop()
-                    if self.timer is not None and self.timer.when() - loop.time() > delay + 0.01:
-                        # The deadline moved earlier (the DATA deadline began): re-arm.
-                        self.cancel_timer()
-                    if self.timer is None and not self.lost:
-                        self.timer = loop.call_later(delay, self.on_timer)
-                    self.update_reading()
+                    deadline = self.deadline = pump.read_deadline()
+                    # One timer per session, re-armed lazily by on_timer(); only a deadline
+                    # that moved earlier (the DATA deadline began) re-arms it here.
+                    if self.timer is None:
+                        if not self.lost:
+                            self.arm_timer(deadline)
+                    elif deadline < self.timer_at - 0.01:
+                        self.timer.cancel()
+                        self.arm_timer(deadline)
+                    if not self.reading:
+                        self.update_reading()
                     return
                 if isinstance(action, HookCall):
                     self.start_hook(action)
@@ -388,13 +391,17 @@ class SessionProtocol(asyncio.Protocol):
         now = time.monotonic()
         if self.busy or now < self.deadline:
             # A hook is deciding (no timeout then), or the peer was active since we armed.
-            delay = max(self.deadline - now, 0.05) if not self.busy else pump.timeout
-            self.timer = asyncio.get_running_loop().call_later(delay, self.on_timer)
+            self.arm_timer(now + (pump.timeout if self.busy else max(self.deadline - now, 0.05)))
             return
         out = pump.timeout_expired()
         if self.transport is not None:
             self.transport.write(out)
         self.drive()
+
+    def arm_timer(self, at: float) -> None:
+        self.timer_at = at
+        delay = at - time.monotonic()
+        self.timer = asyncio.get_running_loop().call_later(delay, self.on_timer)
 
     def cancel_timer(self) -> None:
         if self.timer is not None:
