@@ -393,8 +393,11 @@ class ServerConnection:
                 self._refuse_message(_r(550, "5.5.2", "Error: bare CR or LF in message text"))
                 return None
             raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+            stuffed = True  # lines that began after a bare LF were not scanned for dots
+        else:
+            stuffed = buf.dot_lines
         # Undo dot-stuffing: a leading dot on any line is removed (RFC 5321 4.5.2).
-        content = raw.replace(b"\r\n.", b"\r\n")
+        content = raw.replace(b"\r\n.", b"\r\n") if stuffed else raw
         if content.startswith(b"."):
             content = content[1:]
         return self._message(content)
@@ -492,6 +495,7 @@ class ServerConnection:
             raise _peer_error(503, "5.5.1", "Error: need RCPT command")
         self._go(Trigger.DATA)
         self._data_at_start = True
+        self._buf.start_message()
         self._write(_GO_AHEAD, enhanced=False)
 
     def _cmd_bdat(self, verb: str, arg: str) -> None:

@@ -23,13 +23,14 @@ TOO_LONG: Final = TooLong.TOO_LONG
 
 @final
 class ReceiveBuffer:
-    __slots__ = ("_data", "_pos", "_scan", "_skipping")
+    __slots__ = ("_data", "_dot_lines", "_pos", "_scan", "_skipping")
 
     def __init__(self) -> None:
         self._data = bytearray()
         self._pos = 0  # start of unconsumed bytes
         self._scan = 0  # where the next search for a terminator resumes
         self._skipping = False  # inside an over-long line
+        self._dot_lines = False  # the message text so far has a line starting with "."
 
     def __len__(self) -> int:
         return len(self._data) - self._pos
@@ -75,21 +76,49 @@ class ReceiveBuffer:
         return bytes(data[pos:end])
 
     def take(self, count: int) -> bytes:
-        """Take up to `count` bytes."""
+        """Take up to `count` bytes (one copy: a bytearray slice would make two)."""
         pos = self._pos
-        chunk = bytes(self._data[pos : pos + count])
+        with memoryview(self._data) as view:
+            chunk = bytes(view[pos : pos + count])
         self._pos = self._scan = pos + len(chunk)
         return chunk
+
+    def start_message(self) -> None:
+        """Message text begins at the read offset: forget what the last message's scan saw."""
+        self._dot_lines = False
+        self._scan = self._pos
+
+    @property
+    def dot_lines(self) -> bool:
+        """Whether a line of the text that `data_end()` found begins with a dot (after the first
+        line, which the caller checks): only then is there dot-stuffing to undo."""
+        return self._dot_lines
 
     def data_end(self, at_start: bool) -> int:
         """The index just past the message text up to and including the CRLF before the final
         dot, relative to the read offset, or -1. `at_start`: the text began right here, so the
-        DATA line's own CRLF counts as the one before the dot."""
+        DATA line's own CRLF counts as the one before the dot.
+
+        Until a dot-stuffed line turns up, the scan looks for CRLF "." (which both begin), so
+        that one pass finds the end and tells whether unstuffing is needed at all."""
         data = self._data
         pos = self._pos
         if at_start and data.startswith(b".\r\n", pos):
             return 0
-        found = data.find(_DATA_END, max(self._scan - 4, pos))
+        start = max(self._scan - 4, pos)
+        while not self._dot_lines:
+            found = data.find(b"\r\n.", start)
+            if found < 0:
+                self._scan = len(data)
+                return -1
+            if len(data) < found + 5:  # too short to tell a dot line from the end: wait
+                self._scan = found
+                return -1
+            if data[found + 3] == 13 and data[found + 4] == 10:
+                return found + 2 - pos
+            self._dot_lines = True
+            start = found + 3
+        found = data.find(_DATA_END, start)
         if found < 0:
             self._scan = len(data)
             return -1

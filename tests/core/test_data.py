@@ -117,6 +117,30 @@ def test_split_anywhere_in_two(first: int) -> None:
     assert wire == b"250 2.0.0 Ok\r\n250 2.0.0 Ok\r\n"
 
 
+DOTTED = b"a\r\n.b\r\n.\r\n"
+
+
+@pytest.mark.parametrize(
+    "cut", [(a, b) for a in range(len(DOTTED) + 1) for b in range(a, len(DOTTED) + 1)]
+)
+def test_a_dot_line_is_unstuffed_wherever_the_pieces_split(cut: tuple[int, int]) -> None:
+    """The end-of-data scan also notices dot-stuffed lines; a CRLF "." cut at any point must
+    still be told apart from the terminator."""
+    a, b = cut
+    conn = in_data()
+    events, _ = receive_pieces(conn, [DOTTED[:a], DOTTED[a:b], DOTTED[b:]])
+    assert events == [message(b"a\r\nb\r\n")]
+
+
+def test_dot_lines_are_tracked_per_message() -> None:
+    conn = in_data()
+    events, _ = receive_and_get(conn, b"plain\r\n.\r\n" + ENVELOPE + b"DATA\r\nx\r\n..y\r\n.\r\n")
+    assert [e for e in events if isinstance(e, Message)] == [
+        message(b"plain\r\n"),
+        message(b"x\r\n.y\r\n"),
+    ]
+
+
 @pytest.mark.parametrize("cut", [(0, 1), (1, 2), (2, 3), (0, 2), (1, 3), (0, 3)])
 def test_terminator_split_in_three_right_after_data(cut: tuple[int, int]) -> None:
     """The DATA line's CRLF is the terminator's first CRLF: ".\r\n" alone ends the message."""

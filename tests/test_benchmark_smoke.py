@@ -1,0 +1,30 @@
+"""A smoke run of the benchmark script with tiny counts: it runs, every run succeeds, and it
+writes its report. (The benchmark itself is `python3 benchmarks/run.py`, not part of the tests.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_benchmark_script_smoke_run(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--no-docs",
+         "--out", str(out), "--servers", "smtpkit-asyncio", "smtpkit-threads", "aiosmtpd",
+         "--scenarios", "keepalive", "rcpt50", "idle"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = json.loads((out / "latest.json").read_text())
+    runs = summary["runs"]
+    assert {r["server"] for r in runs} == {"smtpkit-asyncio", "smtpkit-threads", "aiosmtpd"}
+    failed = [r for r in runs if not r["ok"]]
+    assert not failed, failed
+    keepalive = summary["medians"]["keepalive"]["smtpkit-asyncio"]["metrics"]
+    assert keepalive["msgs_per_s"] > 0
+    assert "| smtpkit-asyncio |" in result.stdout
