@@ -38,7 +38,11 @@ HOSTNAME = "bench.localhost"  # given to every server, so none looks up its FQDN
 # Servers. "{port}" is filled in per run. The smtpkit commands follow DESIGN.md section 5; the
 # flags and env vars marked "assumed" are not in it yet: change them here if the CLI differs.
 # ---------------------------------------------------------------------------------------------
-SMTPKIT = (PY, "-m", "transports", "serve", "--listen", HOST + ":{port}", "--hostname", HOSTNAME)
+# Warnings only, as aiosmtpd_server.py logs (no logging set up): neither logs a line per message.
+SMTPKIT = (
+    PY, "-m", "transports", "serve", "--listen", HOST + ":{port}", "--hostname", HOSTNAME,
+    "--log-level", "WARNING",
+)  # fmt: skip
 AIOSMTPD = (PY, str(HERE / "aiosmtpd_server.py"), "--port", "{port}")
 
 # Extra arguments per (family, scenario profile).

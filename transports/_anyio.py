@@ -2,12 +2,17 @@
 
 One task per connection runs the pump loop (see `_pump`) over an anyio `ByteStream`:
 
-- The stream is our own `_SocketStream`: non-blocking socket calls, `anyio.wait_readable()`
-  and `anyio.wait_writable()`, so the kernel's buffers are the only ones. anyio's own
-  `SocketStream` on the asyncio backend (4.16) keeps its transport reading into an unbounded
-  queue until a `receive()` first has to wait, so a client that pipelines from the start and
-  never reads our replies could grow it without limit. Ours also sends without the extra
-  yield anyio's `send()` makes, and the listeners accept in batches.
+- The stream is our own, not anyio's: anyio's `SocketStream` on the asyncio backend (4.16)
+  keeps its transport reading into an unbounded queue until a `receive()` first has to wait,
+  so a client that pipelines from the start and never reads our replies could grow it
+  without limit. On trio it is `_SocketStream`: non-blocking socket calls,
+  `anyio.wait_readable()` and `anyio.wait_writable()`, so the kernel's buffers are the only
+  ones. On asyncio it is `_LoopStream`, the loop's own transport with explicit flow control:
+  the socket stays registered instead of costing `wait_readable()` two `epoll_ctl` calls per
+  read, and reading pauses whenever bytes arrive that no `receive()` waits for, so it holds
+  at most one read. Both send without the extra yield anyio's `send()` makes, and return
+  only once the kernel took every byte. The session loop above them is the same.
+- The listeners accept in batches.
 - Timeouts cost nothing per read. Each session runs its loop inside one long-lived cancel
   scope, notes the pump's deadline (on `time.monotonic`, which trio's clock is not) before it
   waits on the peer, and a single watchdog task cancels the scopes of sessions whose peer is
@@ -25,6 +30,7 @@ while a hook decides), and `await stream.send()` waits while the peer is not rea
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import importlib.util
@@ -32,7 +38,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar, Final, final
+from typing import Any, ClassVar, Final, cast, final
 
 import anyio
 import anyio.lowlevel
@@ -91,7 +97,8 @@ def _resolution(options: ServerOptions) -> float:
 
 @final
 class _SocketStream(ByteStream):
-    """A connected non-blocking socket as an anyio ByteStream, on any backend.
+    """A connected non-blocking socket as an anyio ByteStream: the trio backend's stream.
+    It works on any backend; on asyncio, `_LoopStream` does the same for less.
 
     Nothing is read ahead: bytes wait in the kernel until `receive()` asks for them. Each
     `receive()` waits for readiness first, so it is always a checkpoint (cancellation, and
@@ -144,6 +151,162 @@ class _SocketStream(ByteStream):
 
     async def aclose(self) -> None:
         self._sock.close()
+
+
+@final
+class _LoopStream(ByteStream, asyncio.Protocol):
+    """The asyncio backend's stream: the accepted socket adopted by the loop's own transport
+    (`loop.connect_accepted_socket()`), with this object as its protocol.
+
+    `_SocketStream` works on asyncio too, but there each `wait_readable()` registers a reader
+    and removes it again (two `epoll_ctl` calls, a handle, a future): that made a command
+    round trip cost nearly twice what it costs on the asyncio transport. Here the socket stays
+    registered, and a read hands its bytes straight to the waiting `receive()`.
+
+    It reads ahead no more than `_SocketStream` does, give or take one read: when bytes arrive
+    and no `receive()` waits for them (a hook is deciding, or `send()` waits on a peer that
+    does not read), reading pauses, so at most one read of the transport (256 KiB) is held
+    here and the rest waits in the kernel. Reading resumes when a `receive()` has to wait. A
+    client in lockstep never pauses us: our `receive()` is already waiting when its next
+    command arrives. `send()` returns once the kernel took every byte (the transport's write
+    buffer limit is 0), as `_SocketStream.send()` does.
+    """
+
+    __slots__ = (
+        "_buffer",
+        "_closed",
+        "_drain",
+        "_eof",
+        "_error",
+        "_loop",
+        "_paused",
+        "_transport",
+        "_waiter",
+        "_write_paused",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._transport: asyncio.Transport | None = None
+        self._buffer = b""  # read, and not received yet
+        self._waiter: asyncio.Future[None] | None = None  # of the receive() that waits
+        self._drain: asyncio.Future[None] | None = None  # of the send() that waits
+        self._paused = False  # reading is paused
+        self._write_paused = False  # the transport holds bytes that the kernel did not take
+        self._eof = False
+        self._error: BaseException | None = None  # the connection is gone: why
+        self._closed = False
+
+    @classmethod
+    async def adopt(cls, sock: socket.socket) -> _LoopStream:
+        loop = asyncio.get_running_loop()
+        _, stream = await loop.connect_accepted_socket(lambda: cls(loop), sock)
+        return stream
+
+    # ------------------------------------------------------------------ the protocol side
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports quack like asyncio.Transport without subclassing it.
+        self._transport = transport = cast(asyncio.Transport, transport)
+        transport.set_write_buffer_limits(high=0)  # pause_writing() at the first byte held
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer = self._buffer + data if self._buffer else data
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        elif not self._paused and self._transport is not None:
+            self._paused = True  # nobody waits for these bytes: leave the rest in the kernel
+            self._transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return True  # keep the transport open: replies may still have to go out
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._error is None:
+            self._error = exc if exc is not None else anyio.BrokenResourceError()
+        self._wake()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake()
+
+    def _wake(self) -> None:
+        for future in (self._waiter, self._drain):
+            if future is not None and not future.done():
+                future.set_result(None)
+
+    # ------------------------------------------------------------------ the stream side
+
+    async def receive(self, max_bytes: int = READ_SIZE) -> bytes:
+        data = self._buffer
+        if data:
+            await asyncio.sleep(0)  # a checkpoint, as every receive() is on the other path
+            data = self._buffer
+        while not data:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            if self._eof:
+                raise anyio.EndOfStream
+            if self._error is not None:
+                raise anyio.BrokenResourceError from self._error
+            if self._paused:
+                self._paused = False
+                assert self._transport is not None
+                self._transport.resume_reading()
+            waiter = self._waiter = self._loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+            data = self._buffer
+        if len(data) <= max_bytes:
+            self._buffer = b""
+            return data
+        self._buffer = data[max_bytes:]
+        return data[:max_bytes]
+
+    async def send(self, item: bytes) -> None:
+        transport = self._transport
+        assert transport is not None
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if self._error is not None or transport.is_closing():
+            raise anyio.BrokenResourceError from self._error
+        try:
+            transport.write(item)  # most often the kernel takes it all: no yield
+        except RuntimeError as exc:  # after send_eof()
+            raise anyio.ClosedResourceError from exc
+        while self._write_paused and not transport.is_closing():
+            drain = self._drain = self._loop.create_future()
+            try:
+                await drain
+            finally:
+                self._drain = None
+        if transport.is_closing():  # a write failed (the transport saw it) or aclose()
+            if self._closed:
+                raise anyio.ClosedResourceError
+            raise anyio.BrokenResourceError from self._error
+
+    async def send_eof(self) -> None:
+        assert self._transport is not None
+        try:
+            self._transport.write_eof()
+        except (OSError, RuntimeError) as exc:
+            raise anyio.BrokenResourceError from exc
+
+    async def aclose(self) -> None:
+        # abort(), not close(): close at once, like the socket's close() on the other path,
+        # even if a cancelled send() left bytes that the peer never read.
+        self._closed = True
+        if self._transport is not None:
+            self._transport.abort()
+        self._wake()
 
 
 @final
@@ -297,7 +460,15 @@ class AnyioRunner(Runner):
         except OSError:  # reset already
             conn.close()
             return
-        stream = _SocketStream(conn)
+        stream: ByteStream
+        if self.app.options.anyio_backend == "asyncio":
+            try:
+                stream = await _LoopStream.adopt(conn)
+            except OSError:
+                conn.close()
+                return
+        else:
+            stream = _SocketStream(conn)
         session = _Session(self, stream, ip, port, implicit_tls)
         self.sessions.add(session)
         try:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar, cast, final
 
+from ._listen import BACKLOG
 from ._options import CUTOFF_WAIT, LINGER, App
 from ._pump import CLOSE, NEED_DATA, START_TLS, HookCall, Mode, Pump
 from ._server import Runner
@@ -91,13 +92,16 @@ class AsyncioRunner(Runner):
         try:
             for sock in listeners:
                 servers.append(
-                    await loop.create_server(lambda: SessionProtocol(self, False), sock=sock)
+                    await loop.create_server(
+                        lambda: SessionProtocol(self, False), sock=sock, backlog=BACKLOG
+                    )
                 )
             for sock in tls_listeners:
                 servers.append(
                     await loop.create_server(
                         lambda: SessionProtocol(self, True),
                         sock=sock,
+                        backlog=BACKLOG,
                         ssl=o.ssl_context,
                         ssl_handshake_timeout=o.tls_handshake_timeout,
                     )
@@ -420,7 +424,11 @@ class SessionProtocol(asyncio.Protocol):
         if self.peer_eof or not transport.can_write_eof():
             transport.close()
             return
-        transport.write_eof()
+        try:
+            transport.write_eof()
+        except OSError:  # the peer is already gone
+            transport.close()
+            return
         if not self.reading:
             self.reading = True
             transport.resume_reading()

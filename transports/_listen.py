@@ -10,6 +10,8 @@ import ssl
 __all__ = ["bind", "drop_privileges", "make_ssl_context", "parse_address"]
 
 log = logging.getLogger("smtpkit")
+#: The listen() backlog: room for a burst of connections (asyncio's default is 100).
+BACKLOG = 1024
 Address = tuple[str, int]
 
 
@@ -58,7 +60,7 @@ def bind(addresses: tuple[Address, ...], *, reuse_port: bool = False) -> list[so
                 except OSError as exc:  # say which address: "Address already in use" alone won't
                     text = f"cannot listen on {key[1]} port {port}: {exc.strerror}"
                     raise OSError(exc.errno, text) from exc
-                sock.listen(1024)
+                sock.listen(BACKLOG)
                 sock.setblocking(False)
                 bound = sock.getsockname()
                 log.info("listening on %s port %d", bound[0], bound[1])

@@ -24,6 +24,7 @@ import anyio.to_thread
 import pytest
 import trustme
 
+import transports._anyio
 from handlers import Accept, Handler, SinkHandler
 from transports import Server, ServerOptions
 
@@ -31,8 +32,13 @@ WAIT = 10.0  # how long a test waits for something that must happen (a hang fail
 pytestmark = pytest.mark.timeout(30)
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def backend(request: pytest.FixtureRequest) -> str:
+@pytest.fixture(params=["asyncio", "asyncio-stdlib", "trio"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The anyio backend. "asyncio" runs on uvloop when it is installed; "asyncio-stdlib" is
+    the stdlib loop, whose transports the asyncio stream (`_LoopStream`) also adopts."""
+    if request.param == "asyncio-stdlib":
+        monkeypatch.setattr(transports._anyio, "_use_uvloop", lambda wanted: False)
+        return "asyncio"
     return str(request.param)
 
 
