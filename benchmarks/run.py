@@ -458,20 +458,26 @@ class Named(Protocol):
 T = TypeVar("T", bound=Named)
 
 
-def _matches(entry: Named, token: str) -> bool:
-    return entry.name == token or entry.name.startswith(token + "-")
+def _matches(entry: Named, token: str, table: Sequence[Named]) -> bool:
+    """An exact name selects that entry alone; a name no entry has exactly selects by prefix
+    ("smtpkit" = every smtpkit server), and so does a trailing "*" ("aiosmtpd*")."""
+    if token.endswith("*"):
+        return entry.name.startswith(token[:-1])
+    if any(e.name == token for e in table):
+        return entry.name == token
+    return entry.name.startswith(token + "-")
 
 
 def select(names: list[str] | None, table: Sequence[T], what: str) -> list[T]:
-    """Entries named exactly, or by a prefix ("aiosmtpd" = aiosmtpd and aiosmtpd-uvloop)."""
+    """The entries the names select (see `_matches`); all of them for no names."""
     if not names:
         return list(table)
     tokens = [t for name in names for t in name.split(",") if t]
-    unknown = [t for t in tokens if not any(_matches(e, t) for e in table)]
+    unknown = [t for t in tokens if not any(_matches(e, t, table) for e in table)]
     if unknown or not tokens:
         known = ", ".join(e.name for e in table)
         raise SystemExit(f"unknown {what}: {', '.join(unknown)}; known: {known}")
-    return [e for e in table if any(_matches(e, t) for t in tokens)]
+    return [e for e in table if any(_matches(e, t, table) for t in tokens)]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
