@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import dns.message
-import dns.rcode
-import dns.rdatatype
-import dns.rrset
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -84,43 +77,3 @@ def run_example(tmp_path: Path) -> Iterator[Callable[..., Running]]:
     yield start
     for running in started:
         running.stop()
-
-
-class DnsStub:
-    """A UDP DNS server on 127.0.0.1 that answers A queries for `listed` names with 127.0.0.2
-    and NXDOMAIN for every other name."""
-
-    def __init__(self) -> None:
-        self.listed: set[str] = set()
-        self.queries: list[str] = []
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.address = self.sock.getsockname()[:2]
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self) -> None:
-        while True:
-            try:
-                wire, peer = self.sock.recvfrom(4096)
-            except OSError:
-                return
-            with contextlib.suppress(Exception):
-                query = dns.message.from_wire(wire)
-                question = query.question[0]
-                name = question.name.to_text(omit_final_dot=True).lower()
-                self.queries.append(name)
-                response = dns.message.make_response(query)
-                if name in self.listed and question.rdtype == dns.rdatatype.A:
-                    response.answer.append(
-                        dns.rrset.from_text(question.name, 60, "IN", "A", "127.0.0.2")
-                    )
-                else:
-                    response.set_rcode(dns.rcode.NXDOMAIN)
-                self.sock.sendto(response.to_wire(), peer)
-
-
-@pytest.fixture
-def dns_stub() -> Iterator[DnsStub]:
-    stub = DnsStub()
-    yield stub
-    stub.sock.close()

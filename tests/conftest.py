@@ -1,4 +1,4 @@
-"""Fixtures for the handler tests: a DNS stub for the DNSBL checks."""
+"""Fixtures shared by every test folder: a DNS stub for the DNSBL checks."""
 
 from __future__ import annotations
 
