@@ -86,6 +86,7 @@ class App:
         self.options = options
         self.limits = ConnectionLimits(options.max_connections, options.max_per_ip)
         self._configs: dict[bool, Config] = {}  # keyed by whether the handler checks AUTH
+        self._refusals: dict[str, bytes] = {}
 
     def handler_class(self) -> type[Handler]:
         """The handler class, without making a handler when the factory is a class."""
@@ -126,7 +127,12 @@ class App:
         )
 
     def refusal(self, reason: str) -> bytes:
-        """The 421 for a client turned away by a connection limit (no session is made)."""
-        text = f"{self.options.config.hostname} Error: {reason}"
-        reply = Reply(code=421, text=(text,), enhanced="4.7.0")
-        return format_reply(reply, enhanced=self.options.config.enhanced_status_codes)
+        """The 421 for a client turned away by a connection limit (no session is made); made
+        once per reason, since refusals come in floods."""
+        wire = self._refusals.get(reason)
+        if wire is None:
+            text = f"{self.options.config.hostname} Error: {reason}"
+            reply = Reply(code=421, text=(text,), enhanced="4.7.0")
+            wire = format_reply(reply, enhanced=self.options.config.enhanced_status_codes)
+            self._refusals[reason] = wire
+        return wire

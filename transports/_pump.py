@@ -272,11 +272,6 @@ class Pump:
     # ------------------------------------------------------------------ timeouts, shutdown
 
     @property
-    def in_message(self) -> bool:
-        """True while message text is arriving (after 354, or between BDAT chunks)."""
-        return self._message_started is not None
-
-    @property
     def idle(self) -> bool:
         """No transaction and no hook in flight: safe to end at shutdown."""
         return self._call is None and self.conn.state in (
@@ -285,10 +280,6 @@ class Pump:
             State.GREETED,
             State.READY,
         )
-
-    @property
-    def hook_running(self) -> bool:
-        return self._call is not None
 
     def read_deadline(self) -> float:
         """When the next read times out, on the pump's clock: the idle timeout per command,

@@ -176,7 +176,6 @@ class ThreadsRunner(Runner):
         self._shutting_down = False
         self._grace_deadline = _NEVER
         self._cut = False
-        self._refusals: dict[str, bytes] = {}
 
     # ------------------------------------------------------------------ Runner
 
@@ -316,9 +315,7 @@ class ThreadsRunner(Runner):
         reason = self.app.limits.admit(peer[0])
         if reason is not None:
             log.info("refused connection from [%s]:%d: %s", peer[0], peer[1], reason)
-            refusal = self._refusals.get(reason)
-            if refusal is None:
-                refusal = self._refusals[reason] = self.app.refusal(reason)
+            refusal = self.app.refusal(reason)
             try:
                 if not tls:
                     sock.send(refusal, socket.MSG_DONTWAIT)
