@@ -12,6 +12,6 @@ ext_modules = []
 if os.environ.get("SMTPKIT_MYPYC") == "1":
     from mypyc.build import mypycify
 
-    ext_modules = mypycify(["smtp_core"], opt_level="3")
+    ext_modules = mypycify(["smtp_core"], opt_level="3", group_name="smtp_core__mypyc")
 
 setup(ext_modules=ext_modules)

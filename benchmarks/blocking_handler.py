@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from handlers import Accept, Handler
+from smtpkit.handlers import Accept, Handler
 
 SLEEP_SECONDS = 0.020
 

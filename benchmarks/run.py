@@ -40,7 +40,7 @@ HOSTNAME = "bench.localhost"  # given to every server, so none looks up its FQDN
 # ---------------------------------------------------------------------------------------------
 # Warnings only, as aiosmtpd_server.py logs (no logging set up): neither logs a line per message.
 SMTPKIT = (
-    PY, "-m", "transports", "serve", "--listen", HOST + ":{port}", "--hostname", HOSTNAME,
+    PY, "-m", "smtpkit", "serve", "--listen", HOST + ":{port}", "--hostname", HOSTNAME,
     "--log-level", "WARNING",
 )  # fmt: skip
 AIOSMTPD = (PY, str(HERE / "aiosmtpd_server.py"), "--port", "{port}")
@@ -202,8 +202,8 @@ def preflight(servers: Sequence[Server]) -> list[str]:
     """Warnings about missing pieces: each such run fails on its own, but say why up front."""
     notes = []
     families = {s.family for s in servers}
-    if "smtpkit" in families and not (ROOT / "transports" / "__main__.py").exists():
-        notes.append("smtpkit CLI (transports/__main__.py) not there yet: its runs will fail")
+    if "smtpkit" in families and not (ROOT / "smtpkit" / "__main__.py").exists():
+        notes.append("smtpkit CLI (smtpkit/__main__.py) not there yet: its runs will fail")
     modules = ["matplotlib"] + (["aiosmtpd"] if "aiosmtpd" in families else [])
     modules += ["uvloop"] if any("uvloop" in s.name for s in servers) else []
     for module in modules:
@@ -242,7 +242,7 @@ def server_command(server: Server, scenario: Scenario, port: int | str) -> list[
 
 
 def server_env(server: Server, scenario: Scenario) -> dict[str, str]:
-    """The repo root for ``-m transports`` (or the compiled build, which holds all three
+    """The repo root for ``-m smtpkit`` (or the compiled build, which holds all three
     packages); benchmarks/ too when ``blocking_handler`` is needed."""
     code = COMPILED_DIR if server.compiled else ROOT
     paths = [str(code)] + ([str(HERE)] if scenario.profile == "blocking" else [])

@@ -19,9 +19,9 @@ import argparse
 import logging
 import socket
 
-from handlers import Accept, Handler, HookResult, MailParams, RcptParams
+from smtpkit.handlers import Accept, Handler, HookResult, MailParams, RcptParams
 from smtp_core import Config
-from transports import ServerOptions, serve
+from smtpkit.transports import ServerOptions, serve
 
 
 class FakeHandler(Handler):

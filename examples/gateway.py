@@ -28,7 +28,7 @@ import logging
 import socket
 import sys
 
-from handlers import (
+from smtpkit.handlers import (
     CidrBlocklist,
     Dnsbl,
     Networks,
@@ -38,7 +38,7 @@ from handlers import (
     RelayHandler,
 )
 from smtp_core import Config
-from transports import ServerOptions, make_ssl_context, parse_address, serve
+from smtpkit.transports import ServerOptions, make_ssl_context, parse_address, serve
 
 
 class Gateway(CidrBlocklist, Dnsbl, RelayControl, PasswordAuth, RelayHandler):

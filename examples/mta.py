@@ -19,9 +19,9 @@ import socket
 import sys
 from typing import ClassVar
 
-from handlers import Accept, HookResult, MaildirHandler, MailParams, RcptParams, Reject
+from smtpkit.handlers import Accept, HookResult, MaildirHandler, MailParams, RcptParams, Reject
 from smtp_core import Config
-from transports import ServerOptions, parse_address, serve
+from smtpkit.transports import ServerOptions, parse_address, serve
 
 
 class LocalMTA(MaildirHandler):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from handlers import (
+from smtpkit.handlers import (
     Accept,
     Handler,
     MaildirHandler,
@@ -23,8 +23,8 @@ from handlers import (
     with_password_file,
 )
 from smtp_core import Config
-from transports import App, Mode, ServerOptions, running_server
-from transports._pump import plan_for
+from smtpkit.transports import App, Mode, ServerOptions, running_server
+from smtpkit.transports._pump import plan_for
 
 # Cheap costs, so the tests stay fast; the defaults are exercised once each.
 FAST_PBKDF2 = {"iterations": 1000}

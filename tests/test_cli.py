@@ -1,7 +1,7 @@
 """The `smtpkit` command line (transports/_cli.py): parsing, errors, and real runs.
 
 Parsing is a pure function (`parse_serve`), tested flag by flag. The subprocess tests run
-`python3 -m transports serve ...` for real: wait for "listening on ... port N" on stderr, talk
+`python3 -m smtpkit serve ...` for real: wait for "listening on ... port N" on stderr, talk
 SMTP with smtplib, then SIGTERM and expect exit status 0.
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from handlers import (
+from smtpkit.handlers import (
     Handler,
     MaildirHandler,
     PasswordFile,
@@ -36,9 +36,9 @@ from handlers import (
     hash_password,
     verify_password,
 )
-from transports import _cli
-from transports._cli import CLIError, main, parse_serve
-from transports.testing import running_server
+from smtpkit.transports import _cli
+from smtpkit.transports._cli import CLIError, main, parse_serve
+from smtpkit.transports.testing import running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 #: How long to wait for something that must happen (a line on stderr, the exit).
@@ -211,7 +211,7 @@ def test_auth_file_gives_the_handler_an_auth_hook(tmp_path: Path, tls_files: Tls
 
 
 USER_MODULE = """
-from handlers import Accept, Handler, Reject
+from smtpkit.handlers import Accept, Handler, Reject
 
 class Fake(Handler):
     def rcpt(self, recipient, params):
@@ -475,14 +475,14 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
 
 
 class ServerProcess:
-    """`python3 -m transports serve ARGS` in a subprocess, its stderr read line by line."""
+    """`python3 -m smtpkit serve ARGS` in a subprocess, its stderr read line by line."""
 
     def __init__(self, args: list[str], cwd: Path, command: list[str] | None = None) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         env.pop("SMTPKIT_LOOP", None)
         self.proc = subprocess.Popen(
-            [*(command or [sys.executable, "-m", "transports"]), *args],
+            [*(command or [sys.executable, "-m", "smtpkit"]), *args],
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -733,7 +733,7 @@ def test_user_handler_from_the_current_directory(
         textwrap.dedent(
             """
             import logging
-            from handlers import Accept, Handler, Reject
+            from smtpkit.handlers import Accept, Handler, Reject
 
             class OnlyExampleOrg(Handler):
                 def rcpt(self, recipient, params):
@@ -749,7 +749,7 @@ def test_user_handler_from_the_current_directory(
     )
     launcher = tmp_path / "bin" / "smtpkit"
     launcher.parent.mkdir()
-    launcher.write_text("import sys\nfrom transports._cli import main\nsys.exit(main())\n")
+    launcher.write_text("import sys\nfrom smtpkit.transports._cli import main\nsys.exit(main())\n")
     server = run_server(
         ["serve", "--listen", "127.0.0.1:0", "--handler", "smtpkit_cli_catcher:OnlyExampleOrg"],
         work,
@@ -805,7 +805,7 @@ def test_port_in_use(tmp_path: Path, run_server: type[ServerProcess]) -> None:
 
 def test_transport_refusing_the_handler(tmp_path: Path, run_server: type[ServerProcess]) -> None:
     (tmp_path / "smtpkit_cli_async.py").write_text(
-        "from handlers import Accept, Handler\n\n"
+        "from smtpkit.handlers import Accept, Handler\n\n"
         "class Async(Handler):\n"
         "    async def data(self, message):\n"
         "        return Accept()\n"
@@ -822,7 +822,7 @@ def test_transport_refusing_the_handler(tmp_path: Path, run_server: type[ServerP
 def test_hash_password_command(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     result = subprocess.run(
-        [sys.executable, "-m", "transports", "hash-password"],
+        [sys.executable, "-m", "smtpkit", "hash-password"],
         input="from stdin\n",
         capture_output=True,
         text=True,

@@ -33,7 +33,7 @@ def test_processes_share_one_port_and_stop_together(tmp_path: Path) -> None:
     maildir = tmp_path / "maildir"
     with log.open("w") as out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "transports", "serve", "--listen", "127.0.0.1:0",
+            [sys.executable, "-m", "smtpkit", "serve", "--listen", "127.0.0.1:0",
              "--processes", "2", "--maildir", str(maildir)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=tmp_path,
         )  # fmt: skip

@@ -4,7 +4,7 @@
 drive the same I/O-free `Pump` around the sans-IO engine.
 
 The public names are imported on first use (PEP 562). pytest loads our plugin,
-`transports.testing`, at start-up, before pytest-cov starts measuring: an eager import here
+`smtpkit.transports.testing`, at start-up, before pytest-cov starts measuring: an eager import here
 would load smtp_core too early and hide its module-level lines from coverage.
 """
 

@@ -1,4 +1,4 @@
-"""The `smtpkit` command line (also `python -m transports`). DESIGN.md section 5 is its contract.
+"""The `smtpkit` command line (also `python -m smtpkit`). DESIGN.md section 5 is its contract.
 
     smtpkit serve [options]           run a server; with no options, a local mail catcher
     smtpkit hash-password [--scheme]  hash a password for --auth-file
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn, final
 
-from handlers import (
+from smtpkit.handlers import (
     Handler,
     HandlerFactory,
     MaildirHandler,
@@ -40,7 +40,7 @@ from handlers import (
     hash_password,
     with_password_file,
 )
-from handlers._authfile import SCHEMES
+from smtpkit.handlers._authfile import SCHEMES
 from smtp_core import Config
 
 from ._listen import Address, make_ssl_context, parse_address

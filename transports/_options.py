@@ -7,7 +7,7 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Final, final
 
-from handlers import Handler, HandlerFactory
+from smtpkit.handlers import Handler, HandlerFactory
 from smtp_core import Config, Reply, ServerConnection, format_reply
 
 from ._limits import ConnectionLimits

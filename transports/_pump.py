@@ -28,8 +28,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, final
 
-from handlers import Accept, Close, Envelope, Handler, Reject, Session
-from handlers._handler import HOOKS
+from smtpkit.handlers import Accept, Close, Envelope, Handler, Reject, Session
+from smtpkit.handlers._handler import HOOKS
 from smtp_core import (
     AuthCredentials,
     Closed,

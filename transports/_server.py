@@ -17,7 +17,7 @@ import types
 from collections.abc import Callable
 from typing import ClassVar, final
 
-from handlers import HandlerFactory
+from smtpkit.handlers import HandlerFactory
 
 from ._listen import Address, bind, drop_privileges
 from ._options import App, ServerOptions
@@ -28,9 +28,9 @@ log = logging.getLogger("smtpkit")
 
 #: transport name -> "module:Runner class", imported on first use.
 TRANSPORTS: dict[str, str] = {
-    "asyncio": "transports._asyncio:AsyncioRunner",
-    "anyio": "transports._anyio:AnyioRunner",
-    "threads": "transports._threads:ThreadsRunner",
+    "asyncio": "smtpkit.transports._asyncio:AsyncioRunner",
+    "anyio": "smtpkit.transports._anyio:AnyioRunner",
+    "threads": "smtpkit.transports._threads:ThreadsRunner",
 }
 
 

@@ -1,6 +1,6 @@
 """`running_server()`: a real server on a free port, for testing handlers (no pytest needed).
 
-The public home is `transports.testing`, which adds the pytest plugin; this module stays free
+The public home is `smtpkit.transports.testing`, which adds the pytest plugin; this module stays free
 of pytest so that `transports` can export `running_server` without importing it. It imports
 the server only when called: pytest imports the plugin before coverage starts (see
 `transports/__init__.py`).
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from handlers import HandlerFactory
+    from smtpkit.handlers import HandlerFactory
 
     from ._server import Server
 

@@ -3,7 +3,7 @@
 `running_server()` is a context manager that serves a handler on 127.0.0.1 on a free port,
 with any transport, and stops the server when the block ends:
 
-    from transports.testing import running_server
+    from smtpkit.transports.testing import running_server
 
     def test_my_handler():
         with running_server(MyHandler) as server:
@@ -30,7 +30,7 @@ import pytest
 from ._testing import TEST_GRACE_PERIOD, running_server
 
 if TYPE_CHECKING:  # pytest imports this plugin before coverage starts: import nothing heavy
-    from handlers import HandlerFactory
+    from smtpkit.handlers import HandlerFactory
 
     from ._server import Server
 

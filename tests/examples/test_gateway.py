@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import trustme
 
-from handlers import Accept, Handler, MaildirHandler, Reject
-from transports import running_server
+from smtpkit.handlers import Accept, Handler, MaildirHandler, Reject
+from smtpkit.transports import running_server
 
 WAIT = 10.0
 pytestmark = pytest.mark.timeout(90)
@@ -221,7 +221,7 @@ def test_unreachable_downstream_gives_451(run_example: Any, tmp_path: Path) -> N
 def test_gateway_class_is_a_plain_composition() -> None:
     import importlib.util
 
-    from transports._pump import Mode, plan_for
+    from smtpkit.transports._pump import Mode, plan_for
 
     spec = importlib.util.spec_from_file_location(
         "gateway_example", Path(__file__).resolve().parents[2] / "examples" / "gateway.py"

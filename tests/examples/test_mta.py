@@ -141,7 +141,7 @@ def test_gateway_in_front_of_the_mta(run_example: Any, tmp_path: Path) -> None:
 def test_only_mail_rcpt_and_data() -> None:
     import importlib.util
 
-    from transports._pump import Mode, plan_for
+    from smtpkit.transports._pump import Mode, plan_for
 
     path = Path(__file__).resolve().parents[2] / "examples" / "mta.py"
     spec = importlib.util.spec_from_file_location("mta_example", path)

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import handlers._maildir as maildir_module
-from handlers import Maildir, MaildirHandler, mailbox_name
+import smtpkit.handlers._maildir as maildir_module
+from smtpkit.handlers import Maildir, MaildirHandler, mailbox_name
 from smtp_core import Config
-from transports import running_server
+from smtpkit.transports import running_server
 
 WAIT = 10.0
 pytestmark = pytest.mark.timeout(60)
@@ -148,7 +148,7 @@ def test_any_name_stays_inside_the_root(address: str) -> None:
 
 
 class RecordingOS:
-    """Stands in for `os` inside handlers._maildir, and records the durable steps."""
+    """Stands in for `os` inside smtpkit.handlers._maildir, and records the durable steps."""
 
     def __init__(self, calls: list[tuple[str, ...]]) -> None:
         self.calls = calls

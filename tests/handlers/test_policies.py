@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from handlers import (
+from smtpkit.handlers import (
     Accept,
     CidrBlocklist,
     Dnsbl,
@@ -27,10 +27,10 @@ from handlers import (
     RelayControl,
     SinkHandler,
 )
-from handlers._policies import dnsbl_name
+from smtpkit.handlers._policies import dnsbl_name
 from smtp_core import Config
-from transports import running_server
-from transports._pump import Mode, plan_for
+from smtpkit.transports import running_server
+from smtpkit.transports._pump import Mode, plan_for
 
 WAIT = 10.0
 pytestmark = pytest.mark.timeout(60)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from handlers import PrintHandler
-from transports import running_server
-from transports._pump import Mode, plan_for
+from smtpkit.handlers import PrintHandler
+from smtpkit.transports import running_server
+from smtpkit.transports._pump import Mode, plan_for
 
 pytestmark = pytest.mark.timeout(60)
 MESSAGE = b"Subject: dump me\r\nFrom: a@example.org\r\n\r\nline one\r\n\xc3\xa9t\xc3\xa9 \xff\r\n"
@@ -60,7 +60,7 @@ def test_dump_from_the_cli(tmp_path: Path) -> None:
     err = tmp_path / "err"
     with open(out, "wb") as stdout, open(err, "wb") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "transports", "serve", "--handler", "print", "--dump",
+            [sys.executable, "-m", "smtpkit", "serve", "--handler", "print", "--dump",
              "--listen", "127.0.0.1:0"],
             stdout=stdout,
             stderr=stderr,

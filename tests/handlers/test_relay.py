@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import pytest
 import trustme
 
-from handlers import (
+from smtpkit.handlers import (
     Accept,
     Close,
     Handler,
@@ -28,10 +28,10 @@ from handlers import (
     RelayHandler,
     with_password_file,
 )
-from handlers._relay import upstream_reply, xtext
+from smtpkit.handlers._relay import upstream_reply, xtext
 from smtp_core import Config
-from transports import running_server
-from transports._pump import Mode, plan_for
+from smtpkit.transports import running_server
+from smtpkit.transports._pump import Mode, plan_for
 
 WAIT = 10.0
 pytestmark = pytest.mark.timeout(60)
@@ -567,7 +567,7 @@ def test_constructor_checks() -> None:
 
 
 def test_cli_relay_handler(tmp_path: Any) -> None:
-    from transports._cli import CLIError, parse_serve
+    from smtpkit.transports._cli import CLIError, parse_serve
 
     command = parse_serve(["--handler", "relay", "--relay", "mx.example.net:2525"])
     factory = command.factory

@@ -153,7 +153,7 @@ class Process:
 
 @pytest.fixture
 def smtpkit(tmp_path: Path) -> Iterator[Callable[..., Process]]:
-    """smtpkit("serve", ...) runs `python -m transports ARGS`; smtpkit(script=...) an example.
+    """smtpkit("serve", ...) runs `python -m smtpkit ARGS`; smtpkit(script=...) an example.
     Either listens on a free port (give `--listen 127.0.0.1:0`)."""
     started: list[Process] = []
 
@@ -165,7 +165,7 @@ def smtpkit(tmp_path: Path) -> Iterator[Callable[..., Process]]:
             else [
                 sys.executable,
                 "-m",
-                "transports",
+                "smtpkit",
             ]
         )
         with open(log_path, "wb") as log:

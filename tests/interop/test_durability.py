@@ -44,7 +44,7 @@ def start_server(
         [
             sys.executable,
             "-m",
-            "transports",
+            "smtpkit",
             "serve",
             "--listen",
             "127.0.0.1:0",

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import trustme
 
-from handlers import HandlerFactory
-from transports import TRANSPORTS, Server, ServerOptions, running_server
+from smtpkit.handlers import HandlerFactory
+from smtpkit.transports import TRANSPORTS, Server, ServerOptions, running_server
 
 #: How long a test waits for something that must happen: a hang fails instead of stalling.
 WAIT = 5.0

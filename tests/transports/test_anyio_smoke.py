@@ -24,9 +24,9 @@ import anyio.to_thread
 import pytest
 import trustme
 
-import transports._anyio
-from handlers import Accept, Handler, SinkHandler
-from transports import Server, ServerOptions
+import smtpkit.transports._anyio
+from smtpkit.handlers import Accept, Handler, SinkHandler
+from smtpkit.transports import Server, ServerOptions
 
 WAIT = 10.0  # how long a test waits for something that must happen (a hang fails, not stalls)
 pytestmark = pytest.mark.timeout(30)
@@ -37,7 +37,7 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     """The anyio backend. "asyncio" runs on uvloop when it is installed; "asyncio-stdlib" is
     the stdlib loop, whose transports the asyncio stream (`_LoopStream`) also adopts."""
     if request.param == "asyncio-stdlib":
-        monkeypatch.setattr(transports._anyio, "_use_uvloop", lambda wanted: False)
+        monkeypatch.setattr(smtpkit.transports._anyio, "_use_uvloop", lambda wanted: False)
         return "asyncio"
     return str(request.param)
 
@@ -364,8 +364,8 @@ def test_reset_mid_message_runs_close_hook(backend: str) -> None:
 
 _SERVE = """
 import logging, sys
-from handlers import SinkHandler
-from transports import ServerOptions, serve
+from smtpkit.handlers import SinkHandler
+from smtpkit.transports import ServerOptions, serve
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 serve(SinkHandler, ServerOptions(listen=(("127.0.0.1", 0),), anyio_backend=sys.argv[1]),
       transport="anyio")

@@ -38,10 +38,10 @@ from conftest import (
     vm_rss,
 )
 
-from handlers import Accept, Close, Handler, MaildirHandler, Reject, SinkHandler
+from smtpkit.handlers import Accept, Close, Handler, MaildirHandler, Reject, SinkHandler
 from smtp_core import Config, MailParams, RcptParams
-from transports import Server, ServerOptions
-from transports._limits import ConnectionLimits
+from smtpkit.transports import Server, ServerOptions
+from smtpkit.transports._limits import ConnectionLimits
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,4 +1,4 @@
-"""`transports.testing`: the `running_server()` helper and the pytest plugin users get.
+"""`smtpkit.transports.testing`: the `running_server()` helper and the pytest plugin users get.
 
 The helper runs on every transport; the plugin is checked the way a user meets it: in a fresh
 pytest process, found through the `pytest11` entry point, with no conftest of ours around.
@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from conftest import WAIT, Transport
 
-from handlers import Accept, Handler
-from transports import Server, running_server
-from transports.testing import TEST_GRACE_PERIOD, ServerFactory
+from smtpkit.handlers import Accept, Handler
+from smtpkit.transports import Server, running_server
+from smtpkit.transports.testing import TEST_GRACE_PERIOD, ServerFactory
 
 MESSAGE = b"Subject: test\r\n\r\nHello.\r\n"
 
@@ -92,7 +92,7 @@ import socket
 
 import pytest
 
-from handlers import SinkHandler
+from smtpkit.handlers import SinkHandler
 
 servers = []
 

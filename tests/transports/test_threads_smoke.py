@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 import trustme
 
-from handlers import Accept, Handler, SinkHandler
+from smtpkit.handlers import Accept, Handler, SinkHandler
 from smtp_core import Config
-from transports import Server, ServerOptions
+from smtpkit.transports import Server, ServerOptions
 
 WAIT = 10.0  # how long a test waits for something that must happen (a hang fails, not stalls)
 pytestmark = pytest.mark.timeout(60)
@@ -533,8 +533,8 @@ def test_grace_period_cuts_off_a_stuck_hook_and_a_slow_sender() -> None:
 
 _SERVE = """
 import logging, sys
-from handlers import SinkHandler
-from transports import ServerOptions, serve
+from smtpkit.handlers import SinkHandler
+from smtpkit.transports import ServerOptions, serve
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 serve(SinkHandler, ServerOptions(listen=(("127.0.0.1", 0),)), transport="threads")
 """

@@ -1,5 +1,0 @@
-"""`python -m transports`: the `smtpkit` command line."""
-
-from ._cli import main
-
-raise SystemExit(main())
