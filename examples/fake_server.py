@@ -19,8 +19,8 @@ import argparse
 import logging
 import socket
 
-from smtpkit.handlers import Accept, Handler, HookResult, MailParams, RcptParams
 from smtp_core import Config
+from smtpkit.handlers import Accept, Handler, HookResult, MailParams, RcptParams
 from smtpkit.transports import ServerOptions, serve
 
 

@@ -28,6 +28,7 @@ import logging
 import socket
 import sys
 
+from smtp_core import Config
 from smtpkit.handlers import (
     CidrBlocklist,
     Dnsbl,
@@ -37,7 +38,6 @@ from smtpkit.handlers import (
     RelayControl,
     RelayHandler,
 )
-from smtp_core import Config
 from smtpkit.transports import ServerOptions, make_ssl_context, parse_address, serve
 
 

@@ -19,8 +19,8 @@ import socket
 import sys
 from typing import ClassVar
 
-from smtpkit.handlers import Accept, HookResult, MaildirHandler, MailParams, RcptParams, Reject
 from smtp_core import Config
+from smtpkit.handlers import Accept, HookResult, MaildirHandler, MailParams, RcptParams, Reject
 from smtpkit.transports import ServerOptions, parse_address, serve
 
 

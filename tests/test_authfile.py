@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from smtp_core import Config
 from smtpkit.handlers import (
     Accept,
     Handler,
@@ -22,7 +23,6 @@ from smtpkit.handlers import (
     verify_password,
     with_password_file,
 )
-from smtp_core import Config
 from smtpkit.transports import App, Mode, ServerOptions, running_server
 from smtpkit.transports._pump import plan_for
 

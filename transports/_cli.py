@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn, final
 
+from smtp_core import Config
 from smtpkit.handlers import (
     Handler,
     HandlerFactory,
@@ -41,7 +42,6 @@ from smtpkit.handlers import (
     with_password_file,
 )
 from smtpkit.handlers._authfile import SCHEMES
-from smtp_core import Config
 
 from ._listen import Address, make_ssl_context, parse_address
 from ._options import App, ServerOptions

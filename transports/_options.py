@@ -7,8 +7,8 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Final, final
 
-from smtpkit.handlers import Handler, HandlerFactory
 from smtp_core import Config, Reply, ServerConnection, format_reply
+from smtpkit.handlers import Handler, HandlerFactory
 
 from ._limits import ConnectionLimits
 from ._pump import HookPlan, Pump, plan_for

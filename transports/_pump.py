@@ -28,8 +28,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, final
 
-from smtpkit.handlers import Accept, Close, Envelope, Handler, Reject, Session
-from smtpkit.handlers._handler import HOOKS
 from smtp_core import (
     AuthCredentials,
     Closed,
@@ -48,6 +46,8 @@ from smtp_core import (
     StartTLS,
     State,
 )
+from smtpkit.handlers import Accept, Close, Envelope, Handler, Reject, Session
+from smtpkit.handlers._handler import HOOKS
 
 __all__ = [
     "CLOSE",

@@ -1,8 +1,8 @@
 """`running_server()`: a real server on a free port, for testing handlers (no pytest needed).
 
-The public home is `smtpkit.transports.testing`, which adds the pytest plugin; this module stays free
-of pytest so that `transports` can export `running_server` without importing it. It imports
-the server only when called: pytest imports the plugin before coverage starts (see
+The public home is `smtpkit.transports.testing`, which adds the pytest plugin; this module
+stays free of pytest so that `transports` can export `running_server` without importing it.
+It imports the server only when called: pytest imports the plugin before coverage starts (see
 `transports/__init__.py`).
 """
 

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import smtpkit.handlers._maildir as maildir_module
-from smtpkit.handlers import Maildir, MaildirHandler, mailbox_name
 from smtp_core import Config
+from smtpkit.handlers import Maildir, MaildirHandler, mailbox_name
 from smtpkit.transports import running_server
 
 WAIT = 10.0

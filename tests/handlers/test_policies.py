@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from smtp_core import Config
 from smtpkit.handlers import (
     Accept,
     CidrBlocklist,
@@ -28,7 +29,6 @@ from smtpkit.handlers import (
     SinkHandler,
 )
 from smtpkit.handlers._policies import dnsbl_name
-from smtp_core import Config
 from smtpkit.transports import running_server
 from smtpkit.transports._pump import Mode, plan_for
 

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import pytest
 import trustme
 
+from smtp_core import Config
 from smtpkit.handlers import (
     Accept,
     Close,
@@ -29,7 +30,6 @@ from smtpkit.handlers import (
     with_password_file,
 )
 from smtpkit.handlers._relay import upstream_reply, xtext
-from smtp_core import Config
 from smtpkit.transports import running_server
 from smtpkit.transports._pump import Mode, plan_for
 

@@ -38,8 +38,8 @@ from conftest import (
     vm_rss,
 )
 
-from smtpkit.handlers import Accept, Close, Handler, MaildirHandler, Reject, SinkHandler
 from smtp_core import Config, MailParams, RcptParams
+from smtpkit.handlers import Accept, Close, Handler, MaildirHandler, Reject, SinkHandler
 from smtpkit.transports import Server, ServerOptions
 from smtpkit.transports._limits import ConnectionLimits
 

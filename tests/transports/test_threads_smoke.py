@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import trustme
 
-from smtpkit.handlers import Accept, Handler, SinkHandler
 from smtp_core import Config
+from smtpkit.handlers import Accept, Handler, SinkHandler
 from smtpkit.transports import Server, ServerOptions
 
 WAIT = 10.0  # how long a test waits for something that must happen (a hang fails, not stalls)
