@@ -40,6 +40,14 @@ class ServerOptions:
     timeout: float = 300.0
     #: Deadline for receiving one whole message, in seconds.
     data_timeout: float = 600.0
+    #: Message content must arrive at least this fast (bytes/s), on top of `data_timeout`,
+    #: as Postfix's smtpd_min_data_rate. 0 disables it.
+    min_data_rate: int = 500
+    #: A hook that runs longer gets the client 451 4.3.0; its worker thread is abandoned.
+    hook_timeout: float = 300.0
+    #: While more than 80% of the connection slots are in use (stress), every deadline is at
+    #: most this many seconds, the running ones included (Postfix: smtpd_timeout under stress).
+    stress_timeout: float = 10.0
     #: The TLS handshake must finish within this many seconds.
     tls_handshake_timeout: float = 30.0
     max_connections: int = 1000
@@ -63,11 +71,19 @@ class ServerOptions:
             raise ValueError("tls_listen needs an ssl_context")
         if not self.listen and not self.tls_listen:
             raise ValueError("nothing to listen on")
-        for name in ("timeout", "data_timeout", "tls_handshake_timeout"):
+        for name in (
+            "timeout",
+            "data_timeout",
+            "tls_handshake_timeout",
+            "hook_timeout",
+            "stress_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.max_connections < 1 or self.workers < 1 or self.max_per_ip < 0:
             raise ValueError("max_connections and workers must be positive, max_per_ip >= 0")
+        if self.min_data_rate < 0:
+            raise ValueError("min_data_rate must be >= 0")
         if self.grace_period < 0:
             raise ValueError("grace_period must be >= 0")
         if self.anyio_backend not in ("asyncio", "trio"):
