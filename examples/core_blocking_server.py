@@ -26,7 +26,7 @@ while True:
                         rcpts = ", ".join(event.recipients)
                         size = len(event.content)
                         print(f"<{event.sender}> -> {rcpts}: {size} bytes", flush=True)
-                    sock.sendall(conn.send(Accept()))
+                    conn.send(Accept())  # the reply joins the buffer, flushed before each read
             sock.sendall(conn.data_to_send())  # the 221, or whatever ended the session
         except OSError as exc:
             print(f"{peer[0]}: {exc}", flush=True)

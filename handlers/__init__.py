@@ -10,15 +10,18 @@ any handler an `auth` hook backed by a `PasswordFile`.
 
 from smtp_core import Accept, Close, Decision, MailParams, RcptParams, Reject, Reply
 
-from ._authfile import PasswordFile, hash_password, verify_password, with_password_file
-from ._handler import Handler, HandlerFactory, HookResult
+from ._authfile import SCHEMES, PasswordFile, hash_password, verify_password, with_password_file
+from ._handler import HOOKS, Handler, HandlerFactory, HookResult
 from ._maildir import Maildir, MaildirHandler, mailbox_name
 from ._policies import CidrBlocklist, Dnsbl, Networks, PasswordAuth, Policy, RelayControl
 from ._ready import PrintHandler, SinkHandler
 from ._relay import RelayHandler
 from ._session import Envelope, Session
+from ._trace import log_escape
 
 __all__ = [
+    "HOOKS",
+    "SCHEMES",
     "Accept",
     "CidrBlocklist",
     "Close",
@@ -44,6 +47,7 @@ __all__ = [
     "Session",
     "SinkHandler",
     "hash_password",
+    "log_escape",
     "mailbox_name",
     "verify_password",
     "with_password_file",

@@ -27,6 +27,7 @@ from typing import Final, final
 from smtp_core import Accept, Reject
 
 from ._handler import Handler, HandlerFactory, HookResult
+from ._trace import log_escape
 
 __all__ = ["SCHEMES", "PasswordFile", "hash_password", "verify_password", "with_password_file"]
 
@@ -372,9 +373,9 @@ def _auth_subclass(cls: type[Handler], password_file: PasswordFile) -> type[Hand
     def auth(self: Handler, user: str, password: str) -> HookResult:
         ip = self.session.client_ip
         if password_file.check(user, password):
-            log.info("authenticated user=%r from %s", user, ip)
+            log.info("authenticated user=%s from %s", log_escape(user), ip)
             return Accept()
-        log.warning("authentication failed user=%r from %s", user, ip)
+        log.warning("authentication failed user=%s from %s", log_escape(user), ip)
         return Reject()
 
     name = f"{cls.__name__}WithPasswordFile"

@@ -28,8 +28,8 @@ class Handler:
     """Subclass this and override the hooks you need.
 
     Defaults accept everything except `auth`, which rejects; AUTH is offered only when a
-    subclass overrides `auth`. `self.session` and `self.envelope` are set by the framework
-    before `welcome` runs.
+    subclass overrides `auth`. `self.session` and `self.envelope` are there from `welcome` on:
+    the transport calls `bind()` with them when it makes the handler's session.
     """
 
     #: False promises that no plain hook ever blocks, so they run inline on the event loop
@@ -38,6 +38,14 @@ class Handler:
 
     session: Session
     envelope: Envelope
+
+    def bind(self, session: Session, envelope: Envelope) -> None:
+        """Called once, before any hook, with the connection's read-only views: the session
+        (peer, HELO name, TLS, user) and the current transaction. Override it to set up
+        per-connection state; call `super().bind()` to keep `self.session` and
+        `self.envelope`."""
+        self.session = session
+        self.envelope = envelope
 
     def welcome(self, client_ip: str) -> HookResult | Awaitable[HookResult]:
         """A client connected. Close drops it (421), Reject refuses it politely (554)."""

@@ -5,8 +5,11 @@ file, rename into new/, fsync the new/ directory. A reader never sees a partial 
 and a message the client saw accepted is on disk.
 
 Two modes: a catcher (every message in one Maildir, the default) and per-recipient delivery
-into `<root>/<recipient>/`, where the recipient's name is sanitised so that no address can
-lead outside the root.
+into `<root>/<recipient>/`, where `mailbox_name()` maps each address to its own folder name,
+one-to-one, so that no two addresses share a mailbox and none leads outside the root.
+
+Files a crash left in tmp/ are removed when a Maildir is first opened in a process, once they
+are 36 hours old (the Maildir convention: a delivery in progress never takes that long).
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import logging
 import os
 import re
 import socket
+import stat
+import string
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +31,7 @@ from typing import Final
 from smtp_core import Accept, Decision, Reject
 
 from ._handler import Handler, HookResult
+from ._trace import log_escape
 
 __all__ = ["Maildir", "MaildirHandler", "mailbox_name"]
 
@@ -33,7 +40,8 @@ _counter = itertools.count()
 
 
 class Maildir:
-    """One Maildir folder with tmp/, new/ and cur/, created on first use."""
+    """One Maildir folder with tmp/, new/ and cur/, created on first use. The first one opened
+    for a folder in a process removes the files older than 36 hours from its tmp/."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -45,6 +53,7 @@ class Maildir:
             _fsync_dir(self.path)
             if new_folder:
                 _fsync_dir(self.path.parent)
+        _remove_stale_tmp(self.path)
         self._host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
 
     def _unique_name(self) -> str:
@@ -78,9 +87,22 @@ class Maildir:
 
 
 _SUBFOLDERS: Final = ("tmp", "new", "cur")
-_UNSAFE: Final = re.compile(r"[^a-z0-9._+@-]")
+#: The Maildir convention: a file in tmp/ untouched this many hours was left by a crash.
+_STALE_TMP_HOURS: Final = 36
+#: The Maildirs this process has cleaned: handlers are made per connection, the sweep is
+#: done once per process.
+_swept: set[str] = set()
+_swept_lock = threading.Lock()
+#: What a mailbox name keeps as it is; every other character is %-escaped (its UTF-8 bytes).
+_ESCAPED: Final = re.compile(r"[^a-z0-9._+@-]")
+_ASCII_LOWER: Final = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 #: Longer names are cut and made unique with a hash (most file systems allow 255 bytes).
 _MAX_NAME: Final = 200
+#: Hex digits of SHA-256 that end a cut name, after a "~" (which uncut names never contain).
+_DIGEST: Final = 32
+#: What a name is cut back to, so that its head is whole characters: an escape cut in two, and
+#: the escapes of the last UTF-8 sequence (its lead byte and continuation bytes).
+_CUT_TAIL: Final = re.compile(r"(?:%[C-F][0-9A-F])?(?:%[89AB][0-9A-F])*(?:%[0-9A-F]?)?\Z")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -91,22 +113,69 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _remove_stale_tmp(path: Path) -> None:
+    """Remove the files a crash left in `path`/tmp/, once per process and Maildir."""
+    key = os.path.abspath(path)
+    with _swept_lock:
+        if key in _swept:
+            return
+        _swept.add(key)
+    cutoff = time.time() - _STALE_TMP_HOURS * 3600
+    removed = 0
+    try:
+        with os.scandir(path / "tmp") as entries:
+            for entry in entries:
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                    if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
+                        os.unlink(entry.path)
+                        removed += 1
+                except FileNotFoundError:
+                    pass  # removed meanwhile by another process
+    except OSError as exc:
+        log.warning("cannot clean up %s: %s", path / "tmp", exc)
+    if removed:
+        log.info(
+            "%s: removed %d files older than %d hours from tmp/", path, removed, _STALE_TMP_HOURS
+        )
+
+
 def mailbox_name(address: str) -> str:
-    """The folder name for a recipient: lowercased, with every character outside
-    `a-z 0-9 . _ + - @` replaced by "_". ValueError for a name that is empty, "." or "..".
+    """The folder name of a recipient's mailbox: one name per address, and safe as a path.
+
+    Case is folded first: the domain is lowercased, and the ASCII letters of the local part
+    (Unicode case mappings are not one-to-one). Then a-z 0-9 . _ + - @ stay as they are and
+    every other character becomes %HH per UTF-8 byte, a leading dot included, so that no
+    name is hidden, ".", ".." or contains "/". A name longer than 200 characters is cut (at
+    a character) and ends with "~" and a SHA-256 digest of the whole. ValueError for an
+    empty name.
 
     >>> mailbox_name("Alice.Smith+news@Example.ORG")
     'alice.smith+news@example.org'
     >>> mailbox_name('"../x"@example.org')
-    '_.._x_@example.org'
+    '%22..%2Fx%22@example.org'
+    >>> mailbox_name("Jörg@Example.org")
+    'j%C3%B6rg@example.org'
     """
-    name = _UNSAFE.sub("_", address.lower())
-    if name in ("", ".", ".."):
-        raise ValueError(f"unusable mailbox name {address!r}")
+    if not address:
+        raise ValueError("empty mailbox name")
+    if "@" in address:
+        local, _, domain = address.rpartition("@")
+        key = f"{local.translate(_ASCII_LOWER)}@{domain.lower()}"
+    else:
+        key = address.translate(_ASCII_LOWER)
+    name = _ESCAPED.sub(_escape, key)
+    if name.startswith("."):
+        name = "%2E" + name[1:]
     if len(name) > _MAX_NAME:
-        digest = hashlib.sha256(address.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-        name = f"{name[: _MAX_NAME - 17]}_{digest}"
+        head = _CUT_TAIL.sub("", name[: _MAX_NAME - _DIGEST - 1])
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+        name = f"{head}~{digest[:_DIGEST]}"
     return name
+
+
+def _escape(match: re.Match[str]) -> str:
+    return "".join(f"%{byte:02X}" for byte in match[0].encode("utf-8", "surrogatepass"))
 
 
 class MaildirHandler(Handler):
@@ -116,7 +185,7 @@ class MaildirHandler(Handler):
     >>> MaildirHandler("/srv/mail", per_recipient=True)   # /srv/mail/<recipient>/new/...
 
     Per recipient, each recipient gets its own copy in `<root>/<name>/`, where `name` is
-    `mailbox(recipient)` (the address, by default) made safe by `mailbox_name()`; override
+    `mailbox(recipient)` (the address, by default) named by `mailbox_name()`; override
     `mailbox()` to map addresses to user names. Recipients that share a mailbox get one copy.
     A message is accepted only once every copy is on disk; in LMTP mode each recipient gets
     its own verdict.
@@ -136,6 +205,28 @@ class MaildirHandler(Handler):
         else:
             self.maildir = maildir if isinstance(maildir, Maildir) else Maildir(maildir)
             self.root = self.maildir.path
+
+    @staticmethod
+    def prepare(
+        path: str | os.PathLike[str],
+        *,
+        per_recipient: bool = False,
+        owner: tuple[int, int] | None = None,
+    ) -> tuple[Path, ...]:
+        """Create now the folders `MaildirHandler(path, per_recipient=...)` delivers into, so
+        that a bad path fails before serving rather than at the first message. The folders it
+        creates are given to `owner` (uid, gid): the user a server started as root runs as.
+        Returns the folders the server must be able to write into. OSError on failure."""
+        root = Path(path)
+        subs = () if per_recipient else _SUBFOLDERS
+        created = [p for p in (root, *(root / sub for sub in subs)) if not p.exists()]
+        root.mkdir(parents=True, exist_ok=True)
+        for sub in subs:
+            (root / sub).mkdir(exist_ok=True)
+        if owner is not None:
+            for folder in created:
+                os.chown(folder, *owner)
+        return (root,) if per_recipient else (root / "tmp", root / "new")
 
     def mailbox(self, recipient: str) -> str:
         """The mailbox (folder) name of `recipient`, before sanitising. Override to map
@@ -174,10 +265,14 @@ class MaildirHandler(Handler):
             try:
                 box = self.maildir_for(rcpt)
             except ValueError as exc:
-                log.warning("%s: refusing <%s>: %s", self.envelope.queue_id, rcpt, exc)
+                log.warning("%s: refusing <%s>: %s", self.envelope.queue_id, log_escape(rcpt), exc)
                 verdicts[rcpt] = Reject(550, "5.1.3 Error: unusable mailbox name")
             except OSError:
-                log.exception("%s: cannot create the mailbox of <%s>", self.envelope.queue_id, rcpt)
+                log.exception(
+                    "%s: cannot create the mailbox of <%s>",
+                    self.envelope.queue_id,
+                    log_escape(rcpt),
+                )
                 verdicts[rcpt] = Reject(451, "4.3.0 Error: local delivery failed")
             else:
                 boxes.setdefault(box.path, []).append(rcpt)

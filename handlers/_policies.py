@@ -34,6 +34,7 @@ from smtp_core import Accept, Close, RcptParams, Reject
 
 from ._authfile import PasswordFile
 from ._handler import HOOKS, Handler, HookResult
+from ._trace import log_escape
 
 if TYPE_CHECKING:
     import os
@@ -295,8 +296,8 @@ class RelayControl(Policy):
             log.info(
                 "relay denied: client %s, user %s, to <%s>",
                 self.session.client_ip,
-                self.session.user,
-                recipient,
+                log_escape(self.session.user or ""),
+                log_escape(recipient),
             )
             return Reject(550, f"5.7.1 <{recipient}>: Relay access denied")
         return super().rcpt(recipient, params)
@@ -332,7 +333,9 @@ class PasswordAuth(Policy):
 
     def auth(self, user: str, password: str) -> HookResult | Awaitable[HookResult]:
         if self.password_file is not None and self.password_file.check(user, password):
-            log.info("authenticated user=%r from %s", user, self.session.client_ip)
+            log.info("authenticated user=%s from %s", log_escape(user), self.session.client_ip)
             return Accept()
-        log.warning("authentication failed user=%r from %s", user, self.session.client_ip)
+        log.warning(
+            "authentication failed user=%s from %s", log_escape(user), self.session.client_ip
+        )
         return super().auth(user, password)

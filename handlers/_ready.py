@@ -8,6 +8,7 @@ from typing import ClassVar
 from smtp_core import Accept
 
 from ._handler import Handler, HookResult
+from ._trace import log_escape
 
 __all__ = ["PrintHandler", "SinkHandler"]
 
@@ -37,8 +38,8 @@ class PrintHandler(Handler):
         env = self.envelope
         log.info(
             "message from=<%s> to=%s size=%d",
-            env.sender,
-            ",".join(f"<{r}>" for r in env.recipients),
+            log_escape(env.sender),
+            ",".join(f"<{log_escape(r)}>" for r in env.recipients),
             len(message),
         )
         if self.dump:

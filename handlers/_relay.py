@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import re
 import smtplib
 import socket
@@ -169,6 +170,25 @@ class RelayHandler(Handler):
         self._open = False
         #: Held while a hook talks to the smarthost; close() must not interleave with it.
         self._lock = threading.Lock()
+
+    @staticmethod
+    def load_credentials(path: str | os.PathLike[str]) -> tuple[str, str]:
+        """The username and password for the smarthost from a file: its first `user:password`
+        line (blank lines and # comments are skipped), as `smtpkit serve --relay-auth FILE`
+        reads it. OSError if unreadable, ValueError if there is no such line."""
+        try:
+            with open(path, encoding="utf-8-sig") as file:
+                lines = file.read().splitlines()
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"not UTF-8 text ({exc.reason})") from None
+        for line in lines:
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            user, sep, password = line.partition(":")
+            if not sep or not user.strip() or not password:
+                raise ValueError("expected a 'user:password' line")
+            return user.strip(), password
+        raise ValueError("no 'user:password' line")
 
     @property
     def upstream(self) -> str:

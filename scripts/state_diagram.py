@@ -2,8 +2,9 @@
 """Write the session states section of docs/core.md from smtp_core's own tables.
 
 The Mermaid diagram comes from `smtp_core._state.TRANSITIONS`, the meaning of each state from
-the `#:` comments on `State`, and the table of commands by state from `COMMANDS`. The result
-replaces what lies between the two markers in docs/core.md:
+the `#:` comments on `State`, and what each state reads, whether it holds a transaction and
+which commands it refuses with which 503 text from `FACTS`. The result replaces what lies
+between the two markers in docs/core.md:
 
     python3 scripts/state_diagram.py            # rewrite docs/core.md
     python3 scripts/state_diagram.py --check    # exit 1 if docs/core.md is out of date
@@ -21,22 +22,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from smtp_core._state import COMMANDS, TRANSITIONS, State, Trigger  # noqa: E402
+from smtp_core._state import (  # noqa: E402
+    COMMAND_NAMES,
+    FACTS,
+    TRANSITIONS,
+    UNKNOWN,
+    Input,
+    State,
+    Trigger,
+)
 
 START = "<!-- state-diagram:start -->"
 END = "<!-- state-diagram:end -->"
 DOC = ROOT / "docs" / "core.md"
-
-#: States in which the engine reads no command lines, and what it reads there instead. Every
-#: other state reads commands and checks them against `COMMANDS`.
-NOT_COMMANDS: dict[State, str] = {
-    State.CONNECT: "nothing: the engine waits for the answer to `Connected`",
-    State.DATA: "message text, up to `CRLF.CRLF`",
-    State.AUTH: "SASL responses, one base64 line each (`*` cancels)",
-    State.STARTTLS: "nothing: bytes received are dropped until `tls_started()`",
-    State.CLOSED: "nothing: bytes received are ignored",
-}
-
 
 def state_docs() -> dict[State, str]:
     """Each state's `#:` comment in smtp_core/_state.py (several lines joined)."""
@@ -78,23 +76,39 @@ def mermaid() -> list[str]:
 
 def states_table() -> list[str]:
     docs = state_docs()
-    lines = ["| State | Meaning | Input read |", "| --- | --- | --- |"]
+    lines = [
+        "| State | Meaning | Input read | In a transaction |",
+        "| --- | --- | --- | --- |",
+    ]
     for state in State:
-        reads = NOT_COMMANDS.get(state, "command lines")
-        lines.append(f"| `{state.name}` | {docs.get(state, '')} | {reads} |")
+        facts = FACTS[state]
+        transaction = "yes" if facts.in_transaction else ""
+        lines.append(
+            f"| `{state.name}` | {docs.get(state, '')} | {facts.reads.value} | {transaction} |"
+        )
     return lines
 
 
 def commands_table() -> list[str]:
     """One row per command, one column per state that reads commands: ✓ where the command
-    passes the state check, 503 where it does not."""
-    states = [state for state in State if state not in NOT_COMMANDS]
-    header = ["Command", *(f"`{state.name}`" for state in states), "503 text elsewhere"]
+    passes the state check, else a key to the text of its 503, listed under the table."""
+    states = [state for state in State if FACTS[state].reads is Input.COMMANDS]
+    texts: dict[str, str] = {}  # 503 text: its key, in order of first appearance
+    for command in (*COMMAND_NAMES, UNKNOWN):
+        for state in states:
+            why = FACTS[state].refused.get(command)
+            if why is not None and why not in texts:
+                texts[why] = f"503{chr(ord('a') + len(texts))}"
+    header = ["Command", *(f"`{state.name}`" for state in states)]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for command, (allowed, why) in COMMANDS.items():
-        cells = ["✓" if state in allowed else "503" for state in states]
-        text = f"`{why}`" if why else ""
-        lines.append(f"| {command} | " + " | ".join(cells) + f" | {text} |")
+    for command in (*COMMAND_NAMES, UNKNOWN):
+        cells = []
+        for state in states:
+            why = FACTS[state].refused.get(command)
+            cells.append("✓" if why is None else texts[why])
+        lines.append(f"| {command} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [f"- {key}: `503 5.5.1 {why}`" for why, key in texts.items()]
     return lines
 
 

@@ -1,12 +1,13 @@
 """smtp_core: a sans-IO SMTP server engine in the style of h11.
 
 Bytes go in (`receive_data`), events come out (`next_event`), decisions go in (`send`), and
-replies come out (`data_to_send`). It does no I/O and imports nothing outside the stdlib.
+every reply comes out of one ordered buffer (`data_to_send`). It does no I/O and imports
+nothing outside the stdlib.
 """
 
 from ._config import Config
 from ._connection import Answer, ServerConnection
-from ._decisions import Accept, Close, Decision, Reject
+from ._decisions import Accept, Close, Decision, Outcome, Reject, outcome_of
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._events import (
     DECISION_EVENTS,
@@ -14,6 +15,7 @@ from ._events import (
     PAUSED,
     AuthCredentials,
     Closed,
+    CloseReason,
     Connected,
     Event,
     Hello,
@@ -38,6 +40,7 @@ __all__ = [
     "Answer",
     "AuthCredentials",
     "Close",
+    "CloseReason",
     "Closed",
     "Config",
     "Connected",
@@ -48,6 +51,7 @@ __all__ = [
     "MailFrom",
     "MailParams",
     "Message",
+    "Outcome",
     "ProtocolError",
     "Quit",
     "RcptParams",
@@ -61,4 +65,5 @@ __all__ = [
     "StartTLS",
     "State",
     "format_reply",
+    "outcome_of",
 ]

@@ -1,8 +1,8 @@
-"""Address and ESMTP parameter syntax (RFC 5321 4.1.2, RFC 6531, RFC 3461, RFC 1870).
+"""Address syntax (RFC 5321 4.1.2, RFC 6531).
 
 The checks follow RFC 5321's grammar but forgive what Postfix forgives (a space after the
 colon, a missing angle bracket, a source route), and are strict about what can hurt: NUL and
-control characters, 8-bit without SMTPUTF8, and malformed parameters.
+control characters and 8-bit without SMTPUTF8.
 """
 
 from __future__ import annotations
@@ -10,10 +10,9 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from ._errors import RemoteProtocolError
-from ._reply import Reply
+from ._errors import peer_error
 
-__all__ = ["decode_xtext", "parse_params", "parse_path"]
+__all__ = ["parse_path"]
 
 _ATEXT: Final = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
 _ATEXT_UTF8: Final = _ATEXT + r"\u0080-\U0010ffff"
@@ -36,14 +35,7 @@ _ADDRESS_UTF8: Final = _address_re(utf8=True)
 # <path> may hold a quoted local part, which may hold ">".
 _PATH: Final = re.compile(r'<((?:"(?:[^"\\]|\\.)*"|[^<>"])*)>')
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
-_KEYWORD: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*\Z")
-_XTEXT: Final = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*\Z")
-_XTEXT_HEX: Final = re.compile(r"\+([0-9A-F]{2})")
 MAX_ADDRESS: Final = 254  # RFC 5321 4.5.3.1.3: 256 octets for the path, brackets included
-
-
-def _error(code: int, enhanced: str, text: str) -> RemoteProtocolError:
-    return RemoteProtocolError(text, Reply(code=code, text=(text,), enhanced=enhanced))
 
 
 def parse_path(arg: str, *, null_ok: bool, utf8: bool, enhanced: str) -> tuple[str, str]:
@@ -57,10 +49,10 @@ def parse_path(arg: str, *, null_ok: bool, utf8: bool, enhanced: str) -> tuple[s
     if arg.startswith("<"):
         m = _PATH.match(arg)
         if m is None:
-            raise _error(501, enhanced, "Error: bad address syntax")
+            raise peer_error(501, enhanced, "Error: bad address syntax")
         address, rest = m.group(1), arg[m.end() :]
         if rest and not rest.startswith(" "):
-            raise _error(501, enhanced, "Error: bad address syntax")
+            raise peer_error(501, enhanced, "Error: bad address syntax")
     else:
         # Postfix forgives a path without angle brackets; so do we.
         address, _, rest = arg.partition(" ")
@@ -68,43 +60,15 @@ def parse_path(arg: str, *, null_ok: bool, utf8: bool, enhanced: str) -> tuple[s
         # A source route (RFC 5321 4.1.1.3 says to accept and ignore it).
         _, colon, address = address.partition(":")
         if not colon:
-            raise _error(501, enhanced, "Error: bad address syntax")
+            raise peer_error(501, enhanced, "Error: bad address syntax")
     if not address:
         if null_ok:
             return "", rest
-        raise _error(501, enhanced, "Error: empty address")
+        raise peer_error(501, enhanced, "Error: empty address")
     if len(address) > MAX_ADDRESS or _CONTROL.search(address):
-        raise _error(501, enhanced, "Error: bad address syntax")
+        raise peer_error(501, enhanced, "Error: bad address syntax")
     if not address.isascii() and not utf8:
-        raise _error(553, "5.6.7", "Error: non-ASCII address needs SMTPUTF8")
+        raise peer_error(553, "5.6.7", "Error: non-ASCII address needs SMTPUTF8")
     if not (_ADDRESS_UTF8 if utf8 else _ADDRESS).match(address):
-        raise _error(501, enhanced, "Error: bad address syntax")
+        raise peer_error(501, enhanced, "Error: bad address syntax")
     return address, rest
-
-
-def parse_params(text: str) -> dict[str, str | None]:
-    """Parse "KEY=value KEY" into an upper-cased dict. Duplicates and junk get 501."""
-    params: dict[str, str | None] = {}
-    for item in text.split():
-        key, eq, value = item.partition("=")
-        if not _KEYWORD.match(key) or (eq and not value):
-            raise _error(501, "5.5.4", "Error: bad parameter syntax")
-        key = key.upper()
-        if key in params:
-            raise _error(501, "5.5.4", f"Error: duplicate parameter {key}")
-        if _CONTROL.search(value) or not value.isascii():
-            raise _error(501, "5.5.4", f"Error: bad value for {key}")
-        params[key] = value if eq else None
-    return params
-
-
-def decode_xtext(value: str, key: str) -> str:
-    """Undo xtext (RFC 3461 4): "+XX" is a hex-encoded octet. Controls get 501."""
-    if not _XTEXT.match(value):
-        raise _error(501, "5.5.4", f"Error: bad xtext in {key}")
-    decoded = _XTEXT_HEX.sub(lambda m: chr(int(m.group(1), 16)), value)
-    if _CONTROL.search(decoded):
-        raise _error(501, "5.5.4", f"Error: control character in {key}")
-    if not decoded.isascii():  # xtext carries US-ASCII (RFC 3461 4); "+C3" is not UTF-8
-        raise _error(501, "5.5.4", f"Error: non-ASCII character in {key}")
-    return decoded

@@ -35,6 +35,10 @@ class Config:
     max_errors: int = 20
     #: Failed AUTH attempts before 421 and close.
     max_auth_failures: int = 3
+    #: NOOP, RSET, VRFY and HELP commands a session may send before each further one counts
+    #: as an error toward `max_errors` (Postfix's smtpd_junk_command_limit). A delivered
+    #: message starts the count again.
+    junk_command_limit: int = 100
     #: What to do with a bare CR or LF inside DATA: "reject" the message with 550 5.5.2, or
     #: "normalize" it to CRLF. Either way only CRLF.CRLF ends the message.
     bare_line_endings: Literal["reject", "normalize"] = "reject"
@@ -66,7 +70,13 @@ class Config:
             raise ValueError("max_command_line must be at least 512 (RFC 5321 4.5.3.1.4)")
         if self.max_auth_line < self.max_command_line:
             raise ValueError("max_auth_line must be at least max_command_line")
-        for name in ("max_message_size", "max_recipients", "max_errors", "max_auth_failures"):
+        for name in (
+            "max_message_size",
+            "max_recipients",
+            "max_errors",
+            "max_auth_failures",
+            "junk_command_limit",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
         if self.max_text_line < 0:

@@ -1,8 +1,9 @@
 """ServerConnection: one SMTP server session as a pure state machine.
 
 Bytes go in with `receive_data()`, events come out of `next_event()`, decisions go in with
-`send()`, and every reply leaves through one ordered buffer (`data_to_send()`), so pipelined
-replies keep command order whichever side produced them. No I/O, no clocks, no threads.
+`send()`, and every reply, the engine's own and the application's, leaves through one ordered
+buffer that `data_to_send()` drains, so pipelined replies keep command order. No I/O, no
+clocks, no threads.
 """
 
 from __future__ import annotations
@@ -10,17 +11,18 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Callable, Mapping
-from typing import Final, final
+from typing import Final, cast, final
 
-from ._address import decode_xtext, parse_params, parse_path
+from ._address import parse_path
 from ._config import Config
-from ._decisions import Accept, Close, Decision, Reject
-from ._errors import LocalProtocolError, RemoteProtocolError
+from ._decisions import Accept, Close, Decision, Outcome, Reject, outcome_of
+from ._errors import LocalProtocolError, RemoteProtocolError, peer_error
 from ._events import (
     NEED_DATA,
     PAUSED,
     AuthCredentials,
     Closed,
+    CloseReason,
     Connected,
     Event,
     Hello,
@@ -34,12 +36,14 @@ from ._events import (
     Signal,
     StartTLS,
 )
+from ._params import parse_mail_params, parse_rcpt_params
+from ._readers import ChunkReader, DataReader
 from ._receivebuffer import TOO_LONG, ReceiveBuffer, TooLong
 from ._reply import Reply, format_reply
 from ._sasl import MECHANISMS, Credentials, SaslMechanism, decode_response
-from ._state import COMMANDS, State, Trigger, next_state
+from ._state import COMMAND_NAMES, FACTS, NEED_RCPT, UNKNOWN, Input, State, Trigger, next_state
 
-__all__ = ["ServerConnection"]
+__all__ = ["Answer", "ServerConnection"]
 
 #: What `send()` takes: a decision, a ready-made reply, or (LMTP, answering a Message) one
 #: decision per recipient.
@@ -47,16 +51,16 @@ Answer = Decision | Reply | Mapping[str, Decision | Reply]
 
 _BAD_COMMAND_BYTES: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _DIGITS: Final = re.compile(r"[0-9]{1,20}\Z")
-_TRANSACTION_STATES: Final = frozenset({State.MAIL, State.RCPT, State.CHUNKING})
-_NOTIFY: Final = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+#: Commands that do not move a session toward delivering mail: past
+#: `Config.junk_command_limit` of them each counts as an error (Postfix's junk commands, plus
+#: HELP, which would otherwise let a client idle just as well as NOOP does).
+_JUNK: Final = frozenset({"NOOP", "RSET", "VRFY", "HELP"})
+#: The limits `stress` puts in force (Postfix's stress values).
+_STRESS_LIMIT: Final = 1
 
 
 def _r(code: int, enhanced: str | None, text: str) -> Reply:
     return Reply(code=code, text=(text,), enhanced=enhanced)
-
-
-def _peer_error(code: int, enhanced: str, text: str) -> RemoteProtocolError:
-    return RemoteProtocolError(text, _r(code, enhanced, text))
 
 
 _ACCEPT: Final = Accept()
@@ -77,6 +81,7 @@ _BYE: Final = _r(221, "2.0.0", "Bye")
 _SYNTAX_ERROR: Final = _r(500, "5.5.2", "Error: bad syntax")
 _UNKNOWN: Final = _r(500, "5.5.2", "Error: command not recognized")
 _TOO_LONG: Final = _r(500, "5.5.2", "Error: line too long")
+_NO_RECIPIENTS: Final = _r(554, "5.5.1", "Error: no valid recipients")
 #: A SASL response may be `max_auth_line` octets long; its line also holds CRLF and, for an
 #: initial response, "AUTH", a mechanism name (at most 20 octets, RFC 4422 3.1) and spaces.
 _AUTH_LINE_SLACK: Final = len("AUTH  ") + 20 + len("\r\n")
@@ -104,13 +109,19 @@ class ServerConnection:
         self.auto_accept = auto_accept
         self.peer: Final = peer
         self._state = State.CONNECT
+        self._facts = FACTS[State.CONNECT]
         self._buf = ReceiveBuffer()
         self._out = bytearray()
         self._pending: Event | None = None
         self._eof = False
-        self._close_reason = ""
+        self._close_reason = CloseReason.ABORTED
         self._errors = 0
+        self._junk = 0
+        self._stress = False
+        self._max_errors = self.config.max_errors
+        self._junk_limit = self.config.junk_command_limit
         self._auth_failures = 0
+        self._discarded = 0
         # Session: forgotten after STARTTLS.
         self._tls = tls
         self._helo: str | None = None
@@ -124,21 +135,25 @@ class ServerConnection:
         self._recipients: list[str] = []
         self._rcpt_params: list[RcptParams] = []
         self._rcpt_attempted = False
-        # DATA
-        self._data_at_start = False
-        self._data_dropped = 0
-        # BDAT
-        self._chunk_left = -1  # -1: no chunk being read
-        self._chunk_last = False
-        self._chunk_error: Reply | None = None
-        self._chunks = bytearray()
-        self._chunks_size = 0
+        self._data = DataReader(self.config)
+        self._chunks = ChunkReader(self.config)
 
     # ------------------------------------------------------------------ public state
 
     @property
     def state(self) -> State:
         return self._state
+
+    @property
+    def in_transaction(self) -> bool:
+        """A mail transaction is open: MAIL was accepted and its message not yet answered."""
+        return self._facts.in_transaction
+
+    @property
+    def reading_content(self) -> bool:
+        """The bytes the engine reads now are message content: DATA text, or the octets of a
+        BDAT chunk (a refused one included), not command lines."""
+        return self._facts.reads is Input.TEXT or self._chunks.active
 
     @property
     def helo_name(self) -> str | None:
@@ -181,12 +196,35 @@ class ServerConnection:
     @property
     def reading_chunk(self) -> bool:
         """True while the octets of a BDAT chunk are arriving."""
-        return self._chunk_left >= 0
+        return self._chunks.active
 
     @property
     def auth_offered(self) -> bool:
         c = self.config
         return bool(c.auth_mechanisms) and (self._tls or c.auth_allow_plaintext)
+
+    @property
+    def starttls_offered(self) -> bool:
+        return self.config.tls_available and not self._tls
+
+    @property
+    def plaintext_discarded(self) -> int:
+        """Octets the client pipelined behind STARTTLS, which the engine dropped unread (RFC
+        3207 5): more than 0 is an injection attempt, worth a log line."""
+        return self._discarded
+
+    @property
+    def stress(self) -> bool:
+        """Stress mode, as Postfix's: while true, the junk-command limit and the error limit
+        are both 1. The transport sets it (when most connection slots are taken, say) and may
+        clear it again, which restores the Config's limits."""
+        return self._stress
+
+    @stress.setter
+    def stress(self, on: bool) -> None:
+        self._stress = on
+        self._max_errors = _STRESS_LIMIT if on else self.config.max_errors
+        self._junk_limit = _STRESS_LIMIT if on else self.config.junk_command_limit
 
     # ------------------------------------------------------------------ the h11-style API
 
@@ -197,12 +235,15 @@ class ServerConnection:
         if not data:
             self._eof = True
             if self._state is State.STARTTLS:  # the peer left during the handshake
-                self._close("eof")
+                self._close(CloseReason.EOF)
             return
         if self._eof:
             raise LocalProtocolError("received data after EOF")
         if self._state is State.STARTTLS:
-            return  # plaintext behind STARTTLS is an injection attempt (RFC 3207 5)
+            raise LocalProtocolError(
+                "receive_data() while the STARTTLS handshake is pending: bytes that arrive "
+                "now belong to the handshake; call tls_started() first"
+            )
         self._buf.append(data)
 
     def next_event(self) -> Event | Signal:
@@ -221,34 +262,56 @@ class ServerConnection:
                 self._answer_error(exc)
                 event = None
             if event is None:
-                if self._is_closed():
+                if self.state is State.CLOSED:  # the property: mypy narrows attributes
                     return Closed(reason=self._close_reason)
                 continue
             if event is NEED_DATA:
                 if self._eof:
-                    self._close("eof")
-                    return Closed(reason="eof")
+                    self._close(CloseReason.EOF)
+                    return Closed(reason=CloseReason.EOF)
                 self._buf.compact()
                 return NEED_DATA
             assert isinstance(event, Event)  # _step() never returns PAUSED
             if type(event) in _ANSWERS:
                 if type(event) in self.auto_accept:
-                    _ANSWERS[type(event)](self, event, _ACCEPT)
+                    self._answer(event, _ACCEPT)
                     if self.state is State.STARTTLS:
                         return PAUSED  # the transport runs the handshake now
                     continue
                 self._pending = event
             return event
 
-    def send(self, answer: Answer) -> bytes:
-        """Answer the event that paused the engine; returns the bytes to write, in order."""
-        event = self._pending
-        if event is None:
-            raise LocalProtocolError("send() called with no event awaiting a decision")
-        _check_answer(answer, event, lmtp=self.config.lmtp)
+    def check_answer(self, answer: object, event: Event | None = None) -> Answer:
+        """Return `answer` if it can answer the event awaiting a decision (which `event`, when
+        given, must be); raise `LocalProtocolError` if not. `send()` makes the same check; call
+        this to vet an answer from untrusted code before acting on it."""
+        pending = self._pending
+        if pending is None:
+            raise LocalProtocolError("no event awaits a decision (answered twice?)")
+        if event is not None and event is not pending:
+            raise LocalProtocolError(f"{event!r} is not the event awaiting a decision")
+        if type(answer) in _DECISION_TYPES:
+            return answer  # type: ignore[return-value]  # one of the four final classes
+        if isinstance(answer, Mapping):
+            if not (self.config.lmtp and isinstance(pending, Message)):
+                raise LocalProtocolError("per-recipient answers are for LMTP messages only")
+            for rcpt in pending.recipients:
+                if type(answer.get(rcpt)) not in _DECISION_TYPES:
+                    raise LocalProtocolError(f"no decision for recipient {rcpt!r}")
+            return answer
+        raise LocalProtocolError(f"not a decision: {answer!r}")
+
+    def send(self, answer: Answer, event: Event | None = None) -> None:
+        """Answer the event that paused the engine (`event`, if given, must be that one). The
+        reply joins the output buffer after every earlier one; `data_to_send()` drains it.
+
+        A misuse raises `LocalProtocolError` before anything changes (see `check_answer()`).
+        """
+        answer = self.check_answer(answer, event)
+        pending = self._pending
+        assert pending is not None
         self._pending = None
-        _ANSWERS[type(event)](self, event, answer)
-        return self.data_to_send()
+        self._answer(pending, answer)
 
     def data_to_send(self) -> bytes:
         """Drain the output buffer: every reply so far, in command order."""
@@ -262,29 +325,26 @@ class ServerConnection:
             raise LocalProtocolError("tls_started() without an accepted STARTTLS")
         self._tls = True
         self._forget_session()
-        self._buf.clear()
         self._go(Trigger.TLS_DONE)
 
-    def abort(self, reply: Reply | None) -> bytes:
-        """End the session from the transport's side (a timeout, a shutdown) with `reply`, or
-        silently with None (the connection is gone). Input not yet processed is dropped."""
+    def abort(self, reply: Reply | None) -> None:
+        """End the session from the transport's side (a timeout, a shutdown) with `reply`
+        queued in the output buffer, or silently with None (the connection is gone). Input not
+        yet processed and any pending event are dropped."""
         if self._state is not State.CLOSED:
             self._pending = None
             self._buf.clear()
             if reply is not None:
                 self._write(reply)
-            self._close("aborted")
-        return self.data_to_send()
+            self._close(CloseReason.ABORTED)
 
     # ------------------------------------------------------------------ plumbing
 
-    def _is_closed(self) -> bool:
-        return self._state is State.CLOSED
-
     def _go(self, trigger: Trigger) -> None:
-        self._state = next_state(self._state, trigger)
+        self._state = state = next_state(self._state, trigger)
+        self._facts = FACTS[state]
 
-    def _close(self, reason: str) -> None:
+    def _close(self, reason: CloseReason) -> None:
         if self._state is not State.CLOSED:
             self._close_reason = reason
             self._go(Trigger.CLOSE)
@@ -296,12 +356,18 @@ class ServerConnection:
         assert exc.reply_hint is not None
         self._write(exc.reply_hint)
         if exc.fatal:
-            self._close("errors")
-            return
+            self._close(CloseReason.ERRORS)
+        else:
+            self._count_error()
+
+    def _count_error(self) -> None:
         self._errors += 1
-        if self._errors >= self.config.max_errors:
-            self._write(_r(421, "4.7.0", f"{self.config.hostname} Error: too many errors"))
-            self._close("errors")
+        if self._errors >= self._max_errors:
+            self._too_many_errors()
+
+    def _too_many_errors(self) -> None:
+        self._write(_r(421, "4.7.0", f"{self.config.hostname} Error: too many errors"))
+        self._close(CloseReason.ERRORS)
 
     def _reset_transaction(self) -> None:
         self._sender = None
@@ -310,7 +376,6 @@ class ServerConnection:
         self._rcpt_params.clear()
         self._rcpt_attempted = False
         self._chunks.clear()
-        self._chunks_size = 0
 
     def _forget_session(self) -> None:
         self._helo = None
@@ -318,20 +383,27 @@ class ServerConnection:
         self._user = None
         self._reset_transaction()
 
+    def _out_of_sequence(self, why: str) -> RemoteProtocolError:
+        """The 503 for a command the state refuses; DATA and BDAT after nothing but refused
+        recipients get 554 instead (RFC 2920 3.1)."""
+        if why == NEED_RCPT and self._rcpt_attempted:
+            return RemoteProtocolError("no valid recipients", _NO_RECIPIENTS)
+        return peer_error(503, "5.5.1", why)
+
     # ------------------------------------------------------------------ reading
 
     def _step(self) -> Event | Signal | None:
-        state = self._state
-        if state is State.CONNECT:
-            return Connected(peer=self.peer)
-        if state is State.DATA:
+        reads = self._facts.reads
+        if reads is Input.TEXT:
             return self._read_data()
-        if self._chunk_left >= 0:
+        if self._state is State.CONNECT:
+            return Connected(peer=self.peer)
+        if self._chunks.active:
             return self._read_chunk()
         line = self._buf.line(self.config.max_auth_line + _AUTH_LINE_SLACK)
         if line is None:
             return NEED_DATA
-        if state is State.AUTH:
+        if reads is Input.SASL:
             return self._sasl_line(line)
         if line is TOO_LONG or (
             len(line) > self.config.max_command_line - 2 and line[:5].upper() != b"AUTH "
@@ -340,95 +412,68 @@ class ServerConnection:
         return self._command(line)
 
     def _command(self, line: bytes) -> Event | None:
+        if self._errors >= self._max_errors:  # stress lowered the limit below the count
+            self._too_many_errors()
+            return None
         if _BAD_COMMAND_BYTES.search(line):
-            raise _peer_error(500, "5.5.2", "Error: bad character in command")
+            raise peer_error(500, "5.5.2", "Error: bad character in command")
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
-            raise _peer_error(500, "5.5.2", "Error: command is not valid UTF-8") from None
+            raise peer_error(500, "5.5.2", "Error: command is not valid UTF-8") from None
         verb, _, arg = text.partition(" ")
         verb = _upper(verb)
         command = _COMMAND_TABLE.get(verb)
         if command is None:
             if verb in self.config.forbidden_commands:
                 self._write(_r(221, "2.7.0", "Error: I can break rules, too. Goodbye."))
-                self._close("forbidden")
+                self._close(CloseReason.FORBIDDEN)
                 return None
-            if self._state is State.REFUSED:
-                raise _peer_error(503, "5.5.1", "Error: access denied, send QUIT")
+            why = self._facts.refused.get(UNKNOWN)
+            if why is not None:
+                raise self._out_of_sequence(why)
             if not verb:
                 raise RemoteProtocolError("empty command", _SYNTAX_ERROR)
             raise RemoteProtocolError("unknown command", _UNKNOWN)
-        allowed, why = COMMANDS[verb]
-        if self._state not in allowed:
-            if self._state is State.REFUSED:
-                why = "Error: access denied, send QUIT"
-            raise _peer_error(503, "5.5.1", why)
-        return command(self, verb, arg.strip(" "))
+        # BDAT checks the state itself: a refused chunk must still be read.
+        why = self._facts.refused.get(verb)
+        if why is not None and verb != "BDAT":
+            raise self._out_of_sequence(why)
+        event = command(self, verb, arg.strip(" "))
+        if verb in _JUNK:
+            self._junk += 1
+            if self._junk > self._junk_limit:
+                self._count_error()
+        return event
 
     def _read_data(self) -> Event | Signal | None:
-        buf = self._buf
-        end = buf.data_end(self._data_at_start)
-        if end < 0:
-            if len(buf) >= 3:
-                self._data_at_start = False
-            if len(buf) > self.config.max_message_size:
-                # Keeps the start flag: under 3 octets, ".\r\n" may still be arriving.
-                self._data_dropped += buf.discard_keeping_tail(4)
+        result = self._data.read(self._buf)
+        if result is None:
             return NEED_DATA
-        raw = buf.take(end)
-        buf.skip(3)  # ".\r\n"
-        self._data_at_start = False
-        dropped, self._data_dropped = self._data_dropped, 0
-        if dropped or len(raw) > self.config.max_message_size:
-            self._refuse_message(_r(552, "5.3.4", "Error: message too large"))
+        if isinstance(result, Reply):
+            self._write(result)
+            self._reset_transaction()
+            self._go(Trigger.MESSAGE_DONE)
             return None
-        limit = self.config.max_text_line
-        if limit and max(map(len, raw.split(b"\r\n"))) > limit:
-            self._refuse_message(_r(500, "5.5.6", "Error: message line too long"))
-            return None
-        crlf = raw.count(b"\r\n")
-        if raw.count(b"\n") != crlf or raw.count(b"\r") != crlf:
-            if self.config.bare_line_endings == "reject":
-                self._refuse_message(_r(550, "5.5.2", "Error: bare CR or LF in message text"))
-                return None
-            raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
-            stuffed = True  # lines that began after a bare LF were not scanned for dots
-        else:
-            stuffed = buf.dot_lines
-        # Undo dot-stuffing: a leading dot on any line is removed (RFC 5321 4.5.2).
-        content = raw.replace(b"\r\n.", b"\r\n") if stuffed else raw
-        if content.startswith(b"."):
-            content = content[1:]
-        return self._message(content)
+        return self._message(result)
 
     def _read_chunk(self) -> Event | Signal | None:
-        buf = self._buf
-        if self._chunk_left:
-            if not buf:
-                return NEED_DATA
-            chunk = buf.take(self._chunk_left)
-            self._chunk_left -= len(chunk)
-            if self._chunk_error is None:
-                self._chunks += chunk
-            if self._chunk_left:
-                return NEED_DATA
-        self._chunk_left = -1
-        error, self._chunk_error = self._chunk_error, None
-        if error is not None:
-            if error.code == 552:
+        chunks = self._chunks
+        if not chunks.read(self._buf):
+            return NEED_DATA
+        refusal = chunks.refusal
+        if refusal is not None:
+            if refusal.code == 552:
                 self._reset_transaction()
                 self._go(Trigger.RESET)
-                self._write(error)
+                self._write(refusal)
                 return None
-            raise RemoteProtocolError("BDAT refused", error)
-        if not self._chunk_last:
+            raise RemoteProtocolError("BDAT refused", refusal)
+        if not chunks.last:
             self._go(Trigger.CHUNK)
-            self._write(_r(250, "2.0.0", f"{self._chunks_size} octets received"))
+            self._write(_r(250, "2.0.0", f"{chunks.size} octets received"))
             return None
-        content = bytes(self._chunks)
-        self._chunks.clear()
-        return self._message(content)
+        return self._message(chunks.content())
 
     def _message(self, content: bytes) -> Message:
         return Message(
@@ -439,18 +484,13 @@ class ServerConnection:
             rcpt_params=tuple(self._rcpt_params),
         )
 
-    def _refuse_message(self, reply: Reply) -> None:
-        self._write(reply)
-        self._reset_transaction()
-        self._go(Trigger.MESSAGE_DONE)
-
     # ------------------------------------------------------------------ commands
 
     def _cmd_hello(self, verb: str, arg: str) -> Event:
         if (verb == "LHLO") != self.config.lmtp:
             raise RemoteProtocolError("wrong greeting for this protocol", _UNKNOWN)
         if not arg:
-            raise _peer_error(501, "5.5.4", f"Syntax: {verb} hostname")
+            raise peer_error(501, "5.5.4", f"Syntax: {verb} hostname")
         # EHLO implies RSET (RFC 5321 4.1.4); a rejected one leaves no HELO behind.
         self._reset_transaction()
         self._helo = None
@@ -458,23 +498,21 @@ class ServerConnection:
         return Hello(hostname=arg, extended=verb != "HELO")
 
     def _cmd_mail(self, verb: str, arg: str) -> Event:
-        if self._state is not State.READY:
-            why = "Error: nested MAIL command" if self._helo else "Error: send HELO/EHLO first"
-            raise _peer_error(503, "5.5.1", why)
         if arg[:5].upper() != "FROM:":
-            raise _peer_error(501, "5.5.4", "Syntax: MAIL FROM:<address>")
-        utf8 = self._esmtp and self.config.smtputf8
+            raise peer_error(501, "5.5.4", "Syntax: MAIL FROM:<address>")
+        config = self.config
+        utf8 = self._esmtp and config.smtputf8
         sender, rest = parse_path(arg[5:], null_ok=True, utf8=utf8, enhanced="5.1.7")
-        params = self._parse_mail_params(rest)
+        params = parse_mail_params(rest, config, esmtp=self._esmtp, auth=self.auth_offered)
         if not sender.isascii() and not params.smtputf8:
-            raise _peer_error(553, "5.6.7", "Error: non-ASCII address needs SMTPUTF8")
-        if params.size is not None and params.size > self.config.max_message_size:
-            raise _peer_error(552, "5.3.4", "Error: message size exceeds fixed limit")
+            raise peer_error(553, "5.6.7", "Error: non-ASCII address needs SMTPUTF8")
+        if params.size is not None and params.size > config.max_message_size:
+            raise peer_error(552, "5.3.4", "Error: message size exceeds fixed limit")
         return MailFrom(sender=sender, params=params)
 
     def _cmd_rcpt(self, verb: str, arg: str) -> Event | None:
         if arg[:3].upper() != "TO:":
-            raise _peer_error(501, "5.5.4", "Syntax: RCPT TO:<address>")
+            raise peer_error(501, "5.5.4", "Syntax: RCPT TO:<address>")
         self._rcpt_attempted = True
         if len(self._recipients) >= self.config.max_recipients:
             # Not a peer error: a legitimate sender may overshoot (Postfix does not count it).
@@ -482,20 +520,14 @@ class ServerConnection:
             return None
         utf8 = self._mail_params.smtputf8
         recipient, rest = parse_path(arg[3:], null_ok=False, utf8=utf8, enhanced="5.1.3")
-        return RcptTo(recipient=recipient, params=self._parse_rcpt_params(rest))
+        params = parse_rcpt_params(rest, self.config, esmtp=self._esmtp)
+        return RcptTo(recipient=recipient, params=params)
 
     def _cmd_data(self, verb: str, arg: str) -> None:
         if arg:
-            raise _peer_error(501, "5.5.4", "Syntax: DATA")
-        if self._state is State.CHUNKING:
-            raise _peer_error(503, "5.5.1", "Error: BDAT in progress")
-        if self._state is State.MAIL:
-            if self._rcpt_attempted:  # every RCPT was refused (RFC 2920 3.1)
-                raise _peer_error(554, "5.5.1", "Error: no valid recipients")
-            raise _peer_error(503, "5.5.1", "Error: need RCPT command")
+            raise peer_error(501, "5.5.4", "Syntax: DATA")
         self._go(Trigger.DATA)
-        self._data_at_start = True
-        self._buf.start_message()
+        self._data.start(self._buf)
         self._write(_GO_AHEAD, enhanced=False)
 
     def _cmd_bdat(self, verb: str, arg: str) -> None:
@@ -503,26 +535,17 @@ class ServerConnection:
             raise RemoteProtocolError("CHUNKING is off", _UNKNOWN)
         parts = arg.split(" ")
         if not 1 <= len(parts) <= 2 or not _DIGITS.match(parts[0]):
-            raise _peer_error(501, "5.5.4", "Syntax: BDAT count [LAST]")
+            raise peer_error(501, "5.5.4", "Syntax: BDAT count [LAST]")
         if len(parts) == 2 and _upper(parts[1]) != "LAST":
-            raise _peer_error(501, "5.5.4", "Syntax: BDAT count [LAST]")
-        size = int(parts[0])
+            raise peer_error(501, "5.5.4", "Syntax: BDAT count [LAST]")
+        why = self._facts.refused.get("BDAT")
+        refusal = None if why is None else self._out_of_sequence(why).reply_hint
         # The chunk is read in every case, so that the session stays in sync (RFC 3030 2).
-        self._chunk_left = size
-        self._chunk_last = len(parts) == 2
-        if self._state not in (State.RCPT, State.CHUNKING):
-            if self._state is State.MAIL and self._rcpt_attempted:
-                self._chunk_error = _r(554, "5.5.1", "Error: no valid recipients")
-            else:
-                self._chunk_error = _r(503, "5.5.1", "Error: need RCPT command")
-        elif self._chunks_size + size > self.config.max_message_size:
-            self._chunk_error = _r(552, "5.3.4", "Error: message too large")
-        else:
-            self._chunks_size += size
+        self._chunks.start(int(parts[0]), last=len(parts) == 2, refusal=refusal)
 
     def _cmd_rset(self, verb: str, arg: str) -> Event:
         if arg:
-            raise _peer_error(501, "5.5.4", "Syntax: RSET")
+            raise peer_error(501, "5.5.4", "Syntax: RSET")
         self._reset_transaction()
         self._go(Trigger.RESET)
         self._write(_OK)
@@ -532,56 +555,65 @@ class ServerConnection:
         self._write(_OK)
 
     def _cmd_help(self, verb: str, arg: str) -> None:
-        hidden = ("HELO", "EHLO") if self.config.lmtp else ("LHLO",)
-        names = " ".join(name for name in _COMMAND_TABLE if name not in hidden)
+        c = self.config
+        # Only what this session can use now: no EXPN (never implemented), and STARTTLS, AUTH
+        # and BDAT only while they are offered.
+        hidden = {
+            "HELO": c.lmtp,
+            "EHLO": c.lmtp,
+            "LHLO": not c.lmtp,
+            "EXPN": True,
+            "BDAT": not c.chunking,
+            "STARTTLS": not self.starttls_offered,
+            "AUTH": not self.auth_offered,
+        }
+        names = " ".join(name for name in COMMAND_NAMES if not hidden.get(name, False))
         self._write(_r(214, "2.0.0", f"Commands: {names}"))
 
     def _cmd_vrfy(self, verb: str, arg: str) -> None:
         if not arg:
-            raise _peer_error(501, "5.5.4", "Syntax: VRFY address")
+            raise peer_error(501, "5.5.4", "Syntax: VRFY address")
         text = "Cannot VRFY user, but will accept message and attempt delivery"
         self._write(_r(252, "2.5.2", text))
 
     def _cmd_expn(self, verb: str, arg: str) -> None:
-        raise _peer_error(502, "5.5.1", "Error: command not implemented")
+        raise peer_error(502, "5.5.1", "Error: command not implemented")
 
     def _cmd_quit(self, verb: str, arg: str) -> Event:
         self._write(_BYE)
-        self._close("quit")
+        self._close(CloseReason.QUIT)
         return Quit()
 
     def _cmd_starttls(self, verb: str, arg: str) -> Event:
         if arg:
-            raise _peer_error(501, "5.5.4", "Syntax: STARTTLS")
+            raise peer_error(501, "5.5.4", "Syntax: STARTTLS")
         if self._tls:
-            raise _peer_error(503, "5.5.1", "Error: TLS already active")
+            raise peer_error(503, "5.5.1", "Error: TLS already active")
         if not self.config.tls_available:
-            raise _peer_error(502, "5.5.1", "Error: command not implemented")
+            raise peer_error(502, "5.5.1", "Error: command not implemented")
         return StartTLS()
 
     def _cmd_auth(self, verb: str, arg: str) -> Event | None:
         config = self.config
         if not config.auth_mechanisms:
-            raise _peer_error(502, "5.5.1", "Error: authentication not enabled")
+            raise peer_error(502, "5.5.1", "Error: authentication not enabled")
         if not self.auth_offered:
-            raise _peer_error(538, "5.7.11", "Error: must issue a STARTTLS command first")
-        if self._state in _TRANSACTION_STATES:
-            raise _peer_error(503, "5.5.1", "Error: MAIL transaction in progress")
+            raise peer_error(538, "5.7.11", "Error: must issue a STARTTLS command first")
         if not self._esmtp:
-            raise _peer_error(503, "5.5.1", "Error: send EHLO first")
+            raise peer_error(503, "5.5.1", "Error: send EHLO first")
         if self._user is not None:
-            raise _peer_error(503, "5.5.1", "Error: already authenticated")
+            raise peer_error(503, "5.5.1", "Error: already authenticated")
         name, _, initial = arg.partition(" ")
         name = _upper(name)
         if not name:
-            raise _peer_error(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
+            raise peer_error(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
         if name not in config.auth_mechanisms:
-            raise _peer_error(504, "5.5.4", "Error: unsupported authentication mechanism")
+            raise peer_error(504, "5.5.4", "Error: unsupported authentication mechanism")
         initial = initial.strip(" ")
         if len(initial) > config.max_auth_line:
-            raise _peer_error(500, "5.5.6", "Error: authentication exchange line is too long")
+            raise peer_error(500, "5.5.6", "Error: authentication exchange line is too long")
         if initial == "*":
-            raise _peer_error(501, "5.7.0", "Error: authentication cancelled")
+            raise peer_error(501, "5.7.0", "Error: authentication cancelled")
         response = decode_response(initial.encode()) if initial else None
         self._sasl = MECHANISMS[name]()
         self._sasl_name = name
@@ -593,10 +625,10 @@ class ServerConnection:
     def _sasl_line(self, line: bytes | TooLong) -> Event | None:
         if line is TOO_LONG or len(line) > self.config.max_auth_line:
             self._sasl_abort()
-            raise _peer_error(500, "5.5.6", "Error: authentication exchange line is too long")
+            raise peer_error(500, "5.5.6", "Error: authentication exchange line is too long")
         if line.strip() == b"*":
             self._sasl_abort()
-            raise _peer_error(501, "5.7.0", "Error: authentication cancelled")
+            raise peer_error(501, "5.7.0", "Error: authentication cancelled")
         try:
             response = decode_response(line.strip())
         except RemoteProtocolError:
@@ -627,109 +659,52 @@ class ServerConnection:
         if self._state is State.AUTH:
             self._go(Trigger.AUTH_DONE)
 
-    # ------------------------------------------------------------------ parameters
-
-    def _parse_mail_params(self, text: str) -> MailParams:
-        raw = parse_params(text)
-        if raw and not self._esmtp:
-            raise _peer_error(555, "5.5.4", "Error: parameters need EHLO")
-        c = self.config
-        size = body = ret = envid = auth = None
-        smtputf8 = False
-        for key, value in raw.items():
-            if key == "SIZE" and c.size and value is not None:
-                if not _DIGITS.match(value):
-                    raise _peer_error(501, "5.5.4", "Error: bad SIZE value")
-                size = int(value)
-            elif key == "BODY" and c.eightbitmime and value is not None:
-                body = value.upper()
-                if body not in ("7BIT", "8BITMIME"):
-                    raise _peer_error(501, "5.5.4", "Error: BODY is 7BIT or 8BITMIME")
-            elif key == "SMTPUTF8" and c.smtputf8 and value is None:
-                smtputf8 = True
-            elif key == "RET" and c.dsn and value is not None:
-                ret = value.upper()
-                if ret not in ("FULL", "HDRS"):
-                    raise _peer_error(501, "5.5.4", "Error: RET is FULL or HDRS")
-            elif key == "ENVID" and c.dsn and value is not None:
-                envid = decode_xtext(value, key)
-                if len(envid) > 100:
-                    raise _peer_error(501, "5.5.4", "Error: ENVID too long")
-            elif key == "AUTH" and self.auth_offered and value is not None:
-                auth = value if value == "<>" else decode_xtext(value, key)
-            else:
-                raise _peer_error(555, "5.5.4", f"Error: unsupported parameter {key}")
-        return MailParams(size=size, body=body, smtputf8=smtputf8, ret=ret, envid=envid, auth=auth)
-
-    def _parse_rcpt_params(self, text: str) -> RcptParams:
-        raw = parse_params(text)
-        if raw and not self._esmtp:
-            raise _peer_error(555, "5.5.4", "Error: parameters need EHLO")
-        notify: tuple[str, ...] | None = None
-        orcpt: tuple[str, str] | None = None
-        for key, value in raw.items():
-            if key == "NOTIFY" and self.config.dsn and value is not None:
-                notify = tuple(v.upper() for v in value.split(","))
-                if notify != ("NEVER",) and not set(notify) <= _NOTIFY:
-                    raise _peer_error(501, "5.5.4", "Error: bad NOTIFY value")
-            elif key == "ORCPT" and self.config.dsn and value is not None:
-                kind, semi, address = value.partition(";")
-                if not semi or not kind or not address:
-                    raise _peer_error(501, "5.5.4", "Error: ORCPT is type;address")
-                orcpt = (kind.lower(), decode_xtext(address, key))
-            else:
-                raise _peer_error(555, "5.5.4", f"Error: unsupported parameter {key}")
-        return RcptParams(notify=notify, orcpt=orcpt)
-
     # ------------------------------------------------------------------ answers
 
-    def _decide(self, answer: Answer, ok: Reply, no: Reply) -> tuple[str, Reply]:
-        """Resolve an answer against the event's standard replies: ("accept"|"reject"|"close",
-        the reply to write)."""
+    def _answer(self, event: Event, answer: Answer) -> None:
+        if self.config.lmtp and isinstance(event, Message):
+            self._answer_lmtp_message(event, answer)
+        else:  # check_answer() allows a mapping for an LMTP message only
+            _ANSWERS[type(event)](self, event, cast("Decision | Reply", answer))
+
+    def _decide(self, answer: Decision | Reply, ok: Reply, no: Reply) -> tuple[Outcome, Reply]:
+        """Resolve an answer against the event's standard replies: its outcome, and the reply
+        to write."""
+        outcome = outcome_of(answer)
         if isinstance(answer, Reply):
-            if answer.is_positive:
-                return "accept", answer
-            return ("close" if answer.code == 421 else "reject"), answer
+            return outcome, answer
         if isinstance(answer, Accept):
             if answer.text is None:
-                return "accept", ok
-            return "accept", Reply(code=ok.code, text=(answer.text,), enhanced=ok.enhanced)
+                return outcome, ok
+            return outcome, Reply(code=ok.code, text=(answer.text,), enhanced=ok.enhanced)
         if isinstance(answer, Reject):
             code = no.code if answer.code is None else answer.code
             text = no.text if answer.text is None else (answer.text,)
-            # A 421 always ends the session (RFC 5321 3.8), whichever decision carried it.
-            kind = "close" if code == 421 else "reject"
-            return kind, Reply(code=code, text=text, enhanced=_enhanced_for(code, no.enhanced))
-        if isinstance(answer, Close):
-            text = (
-                (f"{self.config.hostname} Error: closing connection",)
-                if answer.text is None
-                else (answer.text,)
-            )
-            enhanced = _enhanced_for(answer.code, "4.7.0")
-            return "close", Reply(code=answer.code, text=text, enhanced=enhanced)
-        raise LocalProtocolError(f"not a decision: {answer!r}")
-
-    def _answer_connected(self, event: Event, answer: Answer) -> None:
-        host = self.config.hostname
-        kind, reply = self._decide(
-            answer,
-            _r(220, None, self.config.banner),
-            _GREETING_NO,
+            return outcome, Reply(code=code, text=text, enhanced=_enhanced_for(code, no.enhanced))
+        text = (
+            (f"{self.config.hostname} Error: closing connection",)
+            if answer.text is None
+            else (answer.text,)
         )
-        if isinstance(answer, (Accept, Reject, Close)) and not reply.text[0].startswith(host):
+        enhanced = _enhanced_for(answer.code, "4.7.0")
+        return outcome, Reply(code=answer.code, text=text, enhanced=enhanced)
+
+    def _answer_connected(self, event: Event, answer: Decision | Reply) -> None:
+        host = self.config.hostname
+        outcome, reply = self._decide(answer, _r(220, None, self.config.banner), _GREETING_NO)
+        if not isinstance(answer, Reply) and not reply.text[0].startswith(host):
             reply = Reply(code=reply.code, text=(f"{host} {reply.text[0]}",))
         self._write(reply, enhanced=False)
-        if kind == "close":
-            self._close("refused")
+        if outcome is Outcome.CLOSE:
+            self._close(CloseReason.REFUSED)
         else:
-            self._go(Trigger.GREET if kind == "accept" else Trigger.REFUSE)
+            self._go(Trigger.GREET if outcome is Outcome.ACCEPT else Trigger.REFUSE)
 
-    def _answer_hello(self, event: Event, answer: Answer) -> None:
+    def _answer_hello(self, event: Event, answer: Decision | Reply) -> None:
         assert isinstance(event, Hello)
         host = self.config.hostname
-        kind, reply = self._decide(answer, _r(250, None, host), _HELLO_NO)
-        if kind == "accept":
+        outcome, reply = self._decide(answer, _r(250, None, host), _HELLO_NO)
+        if outcome is Outcome.ACCEPT:
             first = reply.text[0] if reply.text and reply.text[0] else host
             if not first.startswith(host):
                 first = f"{host} {first}"
@@ -740,8 +715,8 @@ class ServerConnection:
             self._go(Trigger.HELLO)
             return
         self._write(reply)
-        if kind == "close":
-            self._close("refused")
+        if outcome is Outcome.CLOSE:
+            self._close(CloseReason.REFUSED)
         else:
             self._go(Trigger.HELLO_REJECTED)
 
@@ -755,101 +730,87 @@ class ServerConnection:
             (c.enhanced_status_codes, "ENHANCEDSTATUSCODES"),
             (c.chunking, "CHUNKING"),
             (c.dsn, "DSN"),
-            (c.tls_available and not self._tls, "STARTTLS"),
+            (self.starttls_offered, "STARTTLS"),
             (self.auth_offered, "AUTH " + " ".join(c.auth_mechanisms)),
         )
         return [keyword for enabled, keyword in table if enabled]
 
-    def _answer_auth(self, event: Event, answer: Answer) -> None:
+    def _answer_auth(self, event: Event, answer: Decision | Reply) -> None:
         assert isinstance(event, AuthCredentials)
-        kind, reply = self._decide(
-            answer,
-            _AUTH_OK,
-            _AUTH_NO,
-        )
+        outcome, reply = self._decide(answer, _AUTH_OK, _AUTH_NO)
         self._go(Trigger.AUTH_DONE)
-        if kind == "accept":
+        if outcome is Outcome.ACCEPT:
             self._user = event.username
-        elif kind == "reject":
+        elif outcome is Outcome.REJECT:
             self._auth_failures += 1
             if self._auth_failures >= self.config.max_auth_failures:
                 self._write(_r(421, "4.7.0", "Error: too many failed authentication attempts"))
-                self._close("auth")
+                self._close(CloseReason.AUTH)
                 return
         self._write(reply)
-        if kind == "close":
-            self._close("refused")
+        if outcome is Outcome.CLOSE:
+            self._close(CloseReason.REFUSED)
 
-    def _answer_mail(self, event: Event, answer: Answer) -> None:
+    def _answer_mail(self, event: Event, answer: Decision | Reply) -> None:
         assert isinstance(event, MailFrom)
-        kind, reply = self._decide(answer, _MAIL_OK, _MAIL_NO)
+        outcome, reply = self._decide(answer, _MAIL_OK, _MAIL_NO)
         self._write(reply)
-        if kind == "accept":
+        if outcome is Outcome.ACCEPT:
             self._sender = event.sender
             self._mail_params = event.params
             self._go(Trigger.MAIL)
-        elif kind == "close":
-            self._close("refused")
+        elif outcome is Outcome.CLOSE:
+            self._close(CloseReason.REFUSED)
 
-    def _answer_rcpt(self, event: Event, answer: Answer) -> None:
+    def _answer_rcpt(self, event: Event, answer: Decision | Reply) -> None:
         assert isinstance(event, RcptTo)
-        kind, reply = self._decide(answer, _RCPT_OK, _RCPT_NO)
+        outcome, reply = self._decide(answer, _RCPT_OK, _RCPT_NO)
         self._write(reply)
-        if kind == "accept":
+        if outcome is Outcome.ACCEPT:
             self._recipients.append(event.recipient)
             self._rcpt_params.append(event.params)
             self._go(Trigger.RCPT)
-        elif kind == "close":
-            self._close("refused")
+        elif outcome is Outcome.CLOSE:
+            self._close(CloseReason.REFUSED)
 
-    def _answer_message(self, event: Event, answer: Answer) -> None:
+    def _answer_message(self, event: Event, answer: Decision | Reply) -> None:
         assert isinstance(event, Message)
-        ok, no = _OK, _DATA_NO
-        close = False
-        if self.config.lmtp:
-            # RFC 2033 4.2: one reply per accepted recipient, in RCPT order.
-            for rcpt in event.recipients:
-                one = answer[rcpt] if isinstance(answer, Mapping) else answer
-                kind, reply = self._decide(one, ok, no)
-                self._write(reply)
-                close = close or kind == "close"
-        else:
-            kind, reply = self._decide(answer, ok, no)
+        outcome, reply = self._decide(answer, _OK, _DATA_NO)
+        self._write(reply)
+        self._message_answered({outcome})
+
+    def _answer_lmtp_message(self, event: Message, answer: Answer) -> None:
+        """RFC 2033 4.2: one reply per accepted recipient, in RCPT order."""
+        outcomes: set[Outcome] = set()
+        for rcpt in event.recipients:
+            one = answer[rcpt] if isinstance(answer, Mapping) else answer
+            outcome, reply = self._decide(one, _OK, _DATA_NO)
             self._write(reply)
-            close = kind == "close"
+            outcomes.add(outcome)
+        self._message_answered(outcomes)
+
+    def _message_answered(self, outcomes: set[Outcome]) -> None:
         self._reset_transaction()
         self._go(Trigger.MESSAGE_DONE)
-        if close:
-            self._close("refused")
+        if Outcome.ACCEPT in outcomes:
+            # A delivered message forgives earlier errors and junk commands, as in Postfix.
+            self._errors = self._junk = 0
+        if Outcome.CLOSE in outcomes:
+            self._close(CloseReason.REFUSED)
 
-    def _answer_starttls(self, event: Event, answer: Answer) -> None:
-        kind, reply = self._decide(
-            answer,
-            _TLS_OK,
-            _TLS_NO,
-        )
+    def _answer_starttls(self, event: Event, answer: Decision | Reply) -> None:
+        outcome, reply = self._decide(answer, _TLS_OK, _TLS_NO)
         self._write(reply)
-        if kind == "accept":
-            self._buf.clear()  # anything pipelined behind STARTTLS is dropped (RFC 3207 5)
+        if outcome is Outcome.ACCEPT:
+            # Anything pipelined behind STARTTLS is dropped unread (RFC 3207 5).
+            self._discarded += len(self._buf)
+            self._buf.clear()
             self._go(Trigger.STARTTLS)
-        elif kind == "close":
-            self._close("refused")
+        elif outcome is Outcome.CLOSE:
+            self._close(CloseReason.REFUSED)
 
 
-_DECISION_TYPES: Final = (Accept, Reject, Close, Reply)
-
-
-def _check_answer(answer: object, event: Event, *, lmtp: bool) -> None:
-    """Refuse a malformed answer before any state changes, so a caller's bug leaves the
-    session exactly as it was."""
-    if isinstance(answer, Mapping):
-        if not (lmtp and isinstance(event, Message)):
-            raise LocalProtocolError("per-recipient answers are for LMTP messages only")
-        for rcpt in event.recipients:
-            if not isinstance(answer.get(rcpt), _DECISION_TYPES):
-                raise LocalProtocolError(f"no decision for recipient {rcpt!r}")
-    elif not isinstance(answer, _DECISION_TYPES):
-        raise LocalProtocolError(f"not a decision: {answer!r}")
+_DECISION_TYPES: Final = frozenset({Accept, Reject, Close, Reply})
 
 
 def _upper(text: str) -> str:
@@ -883,7 +844,9 @@ _COMMAND_TABLE: Final[dict[str, _Command]] = {
     "STARTTLS": ServerConnection._cmd_starttls,
     "AUTH": ServerConnection._cmd_auth,
 }
-_ANSWERS: Final[dict[type[Event], Callable[[ServerConnection, Event, Answer], None]]] = {
+assert set(_COMMAND_TABLE) == set(COMMAND_NAMES)
+_Answerer = Callable[[ServerConnection, Event, "Decision | Reply"], None]
+_ANSWERS: Final[dict[type[Event], _Answerer]] = {
     Connected: ServerConnection._answer_connected,
     Hello: ServerConnection._answer_hello,
     AuthCredentials: ServerConnection._answer_auth,

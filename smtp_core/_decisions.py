@@ -4,10 +4,13 @@ eClose). Pure data, so that handlers can re-export them without depending on any
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import final
 
-__all__ = ["Accept", "Close", "Decision", "Reject"]
+from ._reply import Reply
+
+__all__ = ["Accept", "Close", "Decision", "Outcome", "Reject", "outcome_of"]
 
 
 @final
@@ -49,3 +52,32 @@ class Close:
 
 
 Decision = Accept | Reject | Close
+
+
+class Outcome(enum.Enum):
+    """What an answer does to the command it answers."""
+
+    __hash__ = object.__hash__
+
+    #: The command goes through.
+    ACCEPT = "accept"
+    #: The command is refused; the session goes on.
+    REJECT = "reject"
+    #: The command is refused and the session ends after the reply.
+    CLOSE = "close"
+
+
+def outcome_of(answer: Decision | Reply) -> Outcome:
+    """The outcome of a decision or a ready-made reply. A 421 always ends the session (RFC 5321
+    3.8), whichever type carries it; a `Reply` of 2xx or 3xx accepts."""
+    kind = type(answer)  # the classes are final: comparing types is exact, and fast
+    if kind is Accept:
+        return Outcome.ACCEPT
+    if kind is Close:
+        return Outcome.CLOSE
+    assert isinstance(answer, (Reject, Reply))
+    if answer.code == 421:
+        return Outcome.CLOSE
+    if isinstance(answer, Reply) and answer.is_positive:
+        return Outcome.ACCEPT
+    return Outcome.REJECT

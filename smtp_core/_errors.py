@@ -8,12 +8,9 @@ the application misused the engine (answering an event twice, say).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from ._reply import Reply
 
-if TYPE_CHECKING:
-    from ._reply import Reply
-
-__all__ = ["LocalProtocolError", "ProtocolError", "RemoteProtocolError"]
+__all__ = ["LocalProtocolError", "ProtocolError", "RemoteProtocolError", "peer_error"]
 
 
 class ProtocolError(Exception):
@@ -39,3 +36,8 @@ class RemoteProtocolError(ProtocolError):
     def __init__(self, msg: str, reply_hint: Reply, *, fatal: bool = False) -> None:
         super().__init__(msg, reply_hint)
         self.fatal = fatal
+
+
+def peer_error(code: int, enhanced: str | None, text: str) -> RemoteProtocolError:
+    """The error for a peer mistake whose reply is `code enhanced text`."""
+    return RemoteProtocolError(text, Reply(code=code, text=(text,), enhanced=enhanced))

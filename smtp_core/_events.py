@@ -1,7 +1,8 @@
 """Events: what the engine tells the application.
 
 Events are frozen, slotted dataclasses built with keywords only. Don't subclass them. The ones
-in `DECISION_EVENTS` pause the engine until `ServerConnection.send()` answers them.
+in `DECISION_EVENTS` pause the engine until `ServerConnection.send()` answers them; the others
+need no answer, and answering them is a `LocalProtocolError`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ __all__ = [
     "NEED_DATA",
     "PAUSED",
     "AuthCredentials",
+    "CloseReason",
     "Closed",
     "Connected",
     "Event",
@@ -42,6 +44,27 @@ class Signal(enum.Enum):
 
 NEED_DATA: Final = Signal.NEED_DATA
 PAUSED: Final = Signal.PAUSED
+
+
+class CloseReason(enum.Enum):
+    """Why the session ended: `Closed.reason`."""
+
+    __hash__ = object.__hash__
+
+    #: The client sent QUIT.
+    QUIT = "quit"
+    #: The client closed its side: `receive_data(b"")`.
+    EOF = "eof"
+    #: The application answered an event with `Close`, or with a 421.
+    REFUSED = "refused"
+    #: Too many client errors (`Config.max_errors`, 1 under stress).
+    ERRORS = "errors"
+    #: Too many failed logins (`Config.max_auth_failures`).
+    AUTH = "auth"
+    #: An HTTP-like command (`Config.forbidden_commands`).
+    FORBIDDEN = "forbidden"
+    #: The application called `abort()`.
+    ABORTED = "aborted"
 
 
 class Event:
@@ -155,14 +178,9 @@ class Quit(Event):
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Closed(Event):
-    """The session is over. Send what `data_to_send()` holds, then close the socket.
+    """The session is over. Send what `data_to_send()` holds, then close the socket."""
 
-    `reason` is one of "quit", "eof", "refused" (the application chose Close), "errors"
-    (too many errors), "auth" (too many failed logins), "forbidden" (an HTTP-like command) or
-    "aborted" (`abort()` was called).
-    """
-
-    reason: str
+    reason: CloseReason
 
 
 DECISION_EVENTS: Final[tuple[type[Event], ...]] = (

@@ -13,8 +13,7 @@ import binascii
 from dataclasses import dataclass, field
 from typing import Final, final
 
-from ._errors import RemoteProtocolError
-from ._reply import Reply
+from ._errors import RemoteProtocolError, peer_error
 
 __all__ = ["MECHANISMS", "Credentials", "SaslMechanism", "decode_response"]
 
@@ -28,7 +27,7 @@ class Credentials:
 
 
 def _bad(msg: str) -> RemoteProtocolError:
-    return RemoteProtocolError(msg, Reply(code=501, text=(msg,), enhanced="5.5.2"))
+    return peer_error(501, "5.5.2", msg)
 
 
 def decode_response(data: bytes) -> bytes:

@@ -1,27 +1,44 @@
-"""The session's states and every transition between them, in one table.
+"""The session's states: every transition between them, and every fact about each, in tables.
 
 Rules for this module: every change of `ServerConnection`'s state goes through
-`next_state()`, and the table is the single source of truth, from which
-`scripts/state_diagram.py` draws the diagram in docs/core.md. Which commands each state
-accepts is the second table here, `COMMANDS`.
+`next_state()`, and the tables here are the single source of truth, from which
+`scripts/state_diagram.py` draws the diagram in docs/core.md. `TRANSITIONS` says where each
+trigger leads; `FACTS` says, for each state, what the engine reads there, whether a mail
+transaction is open, and which commands it refuses with which 503 text.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import Final
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final, final
 
 from ._errors import LocalProtocolError
 
-__all__ = ["COMMANDS", "TRANSITIONS", "State", "Trigger", "next_state"]
+__all__ = [
+    "COMMAND_NAMES",
+    "FACTS",
+    "NEED_RCPT",
+    "TRANSITIONS",
+    "UNKNOWN",
+    "Facts",
+    "Input",
+    "State",
+    "Trigger",
+    "next_state",
+]
 
 
 class State(enum.Enum):
+    """Where the session is. What each state allows is in `FACTS`, where it leads in
+    `TRANSITIONS`."""
+
     # Members are singletons: hash them by identity, not with Enum's Python-level __hash__,
     # since every command looks its state up in a table.
     __hash__ = object.__hash__
 
-    #: Connected; waiting for the application's verdict on the client.
+    #: Connected; waiting for the application's answer to `Connected`.
     CONNECT = "CONNECT"
     #: The greeting was a 554: every command but QUIT gets 503 (RFC 5321 3.1).
     REFUSED = "REFUSED"
@@ -39,9 +56,10 @@ class State(enum.Enum):
     CHUNKING = "CHUNKING"
     #: A SASL exchange is running; lines are responses, not commands.
     AUTH = "AUTH"
-    #: 220 sent to STARTTLS; waiting for `tls_started()`.
+    #: 220 sent to STARTTLS; waiting for `tls_started()`. Feeding bytes now is a
+    #: `LocalProtocolError`: what the client sends next belongs to the TLS handshake.
     STARTTLS = "STARTTLS"
-    #: The session is over.
+    #: The session is over; bytes received are ignored.
     CLOSED = "CLOSED"
 
 
@@ -67,7 +85,12 @@ class Trigger(enum.Enum):
 
 _S = State
 _T = Trigger
-_TRANSACTION: Final = {_T.HELLO: _S.READY, _T.HELLO_REJECTED: _S.GREETED, _T.RESET: _S.READY}
+#: What ends or restarts a transaction, whatever its stage.
+_ENDS_TRANSACTION: Final = {
+    _T.HELLO: _S.READY,
+    _T.HELLO_REJECTED: _S.GREETED,
+    _T.RESET: _S.READY,
+}
 
 #: {state: {trigger: new state}}. CLOSE leads from every state to CLOSED.
 TRANSITIONS: Final[dict[State, dict[Trigger, State]]] = {
@@ -79,45 +102,111 @@ TRANSITIONS: Final[dict[State, dict[Trigger, State]]] = {
         _T.RESET: _S.GREETED,
         _T.STARTTLS: _S.STARTTLS,
     },
-    _S.READY: {**_TRANSACTION, _T.MAIL: _S.MAIL, _T.AUTH: _S.AUTH, _T.STARTTLS: _S.STARTTLS},
-    _S.MAIL: {**_TRANSACTION, _T.RCPT: _S.RCPT},
+    _S.READY: {**_ENDS_TRANSACTION, _T.MAIL: _S.MAIL, _T.AUTH: _S.AUTH, _T.STARTTLS: _S.STARTTLS},
+    _S.MAIL: {**_ENDS_TRANSACTION, _T.RCPT: _S.RCPT},
     _S.RCPT: {
-        **_TRANSACTION,
+        **_ENDS_TRANSACTION,
         _T.RCPT: _S.RCPT,
         _T.DATA: _S.DATA,
         _T.CHUNK: _S.CHUNKING,
         _T.MESSAGE_DONE: _S.READY,
     },
     _S.DATA: {_T.MESSAGE_DONE: _S.READY},
-    _S.CHUNKING: {**_TRANSACTION, _T.CHUNK: _S.CHUNKING, _T.MESSAGE_DONE: _S.READY},
+    _S.CHUNKING: {**_ENDS_TRANSACTION, _T.CHUNK: _S.CHUNKING, _T.MESSAGE_DONE: _S.READY},
     _S.AUTH: {_T.AUTH_DONE: _S.READY},
     _S.STARTTLS: {_T.TLS_DONE: _S.GREETED},
     _S.CLOSED: {},
 }
 
-_SESSION: Final = frozenset({_S.GREETED, _S.READY, _S.MAIL, _S.RCPT, _S.CHUNKING})
-_HELLOED: Final = frozenset({_S.READY, _S.MAIL, _S.RCPT, _S.CHUNKING})
+#: Every command the engine knows, in the order HELP lists them.
+COMMAND_NAMES: Final = (
+    "HELO",
+    "EHLO",
+    "LHLO",
+    "MAIL",
+    "RCPT",
+    "DATA",
+    "BDAT",
+    "RSET",
+    "NOOP",
+    "HELP",
+    "VRFY",
+    "EXPN",
+    "QUIT",
+    "STARTTLS",
+    "AUTH",
+)
+#: The key of `Facts.refused` that stands for any verb the engine does not know.
+UNKNOWN: Final = "unknown"
 
-#: {command: (states where it is allowed, the 503 text elsewhere)}. QUIT is allowed
-#: everywhere; commands missing here get 500.
-COMMANDS: Final[dict[str, tuple[frozenset[State], str]]] = {
-    "HELO": (_SESSION, ""),
-    "EHLO": (_SESSION, ""),
-    "LHLO": (_SESSION, ""),
-    # MAIL and DATA pick their own 503 text (nested MAIL, no valid recipients, ...).
-    "MAIL": (_SESSION, ""),
-    "RCPT": (frozenset({_S.MAIL, _S.RCPT}), "Error: need MAIL command"),
-    "DATA": (frozenset({_S.MAIL, _S.RCPT, _S.CHUNKING}), "Error: need MAIL command"),
-    # BDAT is checked by the command itself: a refused chunk must still be read.
-    "BDAT": (_SESSION | {_S.REFUSED}, ""),
-    "RSET": (_SESSION, ""),
-    "NOOP": (_SESSION, ""),
-    "HELP": (_SESSION, ""),
-    "VRFY": (_SESSION, ""),
-    "EXPN": (_SESSION, ""),
-    "STARTTLS": (frozenset({_S.GREETED, _S.READY}), "Error: MAIL transaction in progress"),
-    "AUTH": (_SESSION, ""),
-    "QUIT": (_SESSION | {_S.REFUSED}, ""),
+
+class Input(enum.Enum):
+    """What the engine reads from the peer in a state."""
+
+    __hash__ = object.__hash__
+
+    NOTHING = "nothing"
+    COMMANDS = "command lines"
+    TEXT = "message text, up to `CRLF.CRLF`"
+    SASL = "SASL responses, one base64 line each (`*` cancels)"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """Everything the engine knows about one state besides its transitions."""
+
+    #: What the engine reads from the peer here.
+    reads: Input
+    #: A mail transaction is open: MAIL was accepted and its message not yet answered.
+    in_transaction: bool = False
+    #: Commands that fail the state check here, each with the text of its 503; the others
+    #: pass it (and may still be refused by their own rules). `UNKNOWN` stands for any verb
+    #: the engine does not know, which otherwise gets 500.
+    refused: Mapping[str, str] = field(default_factory=dict)
+
+
+_NEED_HELO: Final = "Error: send HELO/EHLO first"
+_NEED_MAIL: Final = "Error: need MAIL command"
+#: The one 503 text that RFC 2920 3.1 turns into 554 "no valid recipients" when every RCPT of
+#: the transaction was refused.
+NEED_RCPT: Final = "Error: need RCPT command"
+_NESTED: Final = "Error: nested MAIL command"
+_IN_TRANSACTION: Final = "Error: MAIL transaction in progress"
+_IN_BDAT: Final = "Error: BDAT in progress"
+_DENIED: Final = "Error: access denied, send QUIT"
+#: What a transaction refuses whatever its stage.
+_IN_MAIL: Final = {"MAIL": _NESTED, "STARTTLS": _IN_TRANSACTION, "AUTH": _IN_TRANSACTION}
+
+FACTS: Final[dict[State, Facts]] = {
+    _S.CONNECT: Facts(Input.NOTHING),
+    # RFC 5321 3.1: after a 554 greeting, every command but QUIT gets 503.
+    _S.REFUSED: Facts(
+        Input.COMMANDS,
+        refused={name: _DENIED for name in (*COMMAND_NAMES, UNKNOWN) if name != "QUIT"},
+    ),
+    _S.GREETED: Facts(
+        Input.COMMANDS,
+        refused={"MAIL": _NEED_HELO, "RCPT": _NEED_MAIL, "DATA": _NEED_MAIL, "BDAT": NEED_RCPT},
+    ),
+    _S.READY: Facts(
+        Input.COMMANDS, refused={"RCPT": _NEED_MAIL, "DATA": _NEED_MAIL, "BDAT": NEED_RCPT}
+    ),
+    _S.MAIL: Facts(
+        Input.COMMANDS,
+        in_transaction=True,
+        refused={**_IN_MAIL, "DATA": NEED_RCPT, "BDAT": NEED_RCPT},
+    ),
+    _S.RCPT: Facts(Input.COMMANDS, in_transaction=True, refused=_IN_MAIL),
+    _S.DATA: Facts(Input.TEXT, in_transaction=True),
+    _S.CHUNKING: Facts(
+        Input.COMMANDS,
+        in_transaction=True,
+        refused={**_IN_MAIL, "RCPT": _IN_BDAT, "DATA": _IN_BDAT},
+    ),
+    _S.AUTH: Facts(Input.SASL),
+    _S.STARTTLS: Facts(Input.NOTHING),
+    _S.CLOSED: Facts(Input.NOTHING),
 }
 
 

@@ -1,17 +1,89 @@
-"""Fixtures shared by every test folder: a DNS stub for the DNSBL checks."""
+"""Fixtures shared by every test folder: the transport under test (which accounts for what
+its servers held), smtpkit processes, a TLS certificate, and a DNS stub for the DNSBL checks.
+What test files import (WAIT, the raw client, ...) is in support.py."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 import socket
+import ssl
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import dns.message
 import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import pytest
+import trustme
+from support import ROOT, TRANSPORT_IDS, Process, Tls, Transport, check_released, open_sockets
+
+
+@pytest.fixture(params=list(TRANSPORT_IDS))
+def transport(request: pytest.FixtureRequest) -> Iterator[Transport]:
+    """Each transport and loop in turn (`support.on_transports` narrows it). After the test,
+    every server it made must have ended all its sessions, and no socket may be left open."""
+    chosen = dataclasses.replace(TRANSPORT_IDS[request.param], servers=[])
+    sockets_before = open_sockets()
+    yield chosen
+    check_released(chosen.servers, sockets_before)
+
+
+@pytest.fixture
+def smtpkit(tmp_path: Path) -> Iterator[Callable[..., Process]]:
+    """smtpkit("serve", ...) runs `python -m smtpkit ARGS` in tmp_path; smtpkit(*args,
+    script="x.py") runs an example instead, and smtpkit(*args, command=[...]) another program
+    (an installed `smtpkit` script). Each must listen on a free port (give `--listen
+    127.0.0.1:0`); each is stopped (SIGTERM) at teardown."""
+    started: list[Process] = []
+
+    def start(
+        *args: str, script: str | None = None, command: Sequence[str | Path] | None = None
+    ) -> Process:
+        if command is None:
+            program = [str(ROOT / "examples" / script)] if script else ["-m", "smtpkit"]
+            command = [sys.executable, *program]
+        log_path = tmp_path / f"smtpkit{len(started)}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [*map(str, command), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=tmp_path,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        process = Process(proc, log_path)
+        started.append(process)
+        process.wait_listening()
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
+    """A certificate for localhost, 127.0.0.1 and ::1 from a throwaway CA, as contexts and as
+    PEM files."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1", "::1")
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    folder = tmp_path_factory.mktemp("tls")
+    files = {"cert": folder / "cert.pem", "key": folder / "key.pem", "ca": folder / "ca.pem"}
+    cert.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    cert.private_key_pem.write_to_path(str(files["key"]))
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    return Tls(server, client, **{name: str(path) for name, path in files.items()})
 
 
 class DnsStub:

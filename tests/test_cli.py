@@ -1,24 +1,29 @@
-"""The `smtpkit` command line (transports/_cli.py): parsing, errors, and real runs.
+"""The `smtpkit` command line (transports/_cli.py and the modules it is built from: _flags,
+_configfile, _assemble): parsing, the configuration file, errors, and real runs.
 
-Parsing is a pure function (`parse_serve`), tested flag by flag. The subprocess tests run
-`python3 -m smtpkit serve ...` for real: wait for "listening on ... port N" on stderr, talk
-SMTP with smtplib, then SIGTERM and expect exit status 0.
+Parsing is a pure function (`parse_serve`), tested flag by flag and key by key. The subprocess
+tests run `python3 -m smtpkit serve ...` for real: wait for "listening on ... port N" on stderr,
+talk SMTP with smtplib, then SIGTERM and expect exit status 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import io
 import os
+import pwd
 import queue
 import re
+import shutil
 import signal
 import smtplib
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 from collections.abc import Iterator
@@ -26,23 +31,24 @@ from pathlib import Path
 
 import pytest
 import trustme
+from support import WAIT
 
 from smtpkit.handlers import (
     Handler,
     MaildirHandler,
     PasswordFile,
     PrintHandler,
+    RelayHandler,
     SinkHandler,
     hash_password,
     verify_password,
 )
-from smtpkit.transports import _cli
-from smtpkit.transports._cli import CLIError, main, parse_serve
+from smtpkit.transports import ServerOptions, _cli, _flags, _hash_password
+from smtpkit.transports._cli import CLIError, ServeCommand, main, parse_serve
+from smtpkit.transports._configfile import read_config
 from smtpkit.transports.testing import running_server
 
 ROOT = Path(__file__).resolve().parent.parent
-#: How long to wait for something that must happen (a line on stderr, the exit).
-WAIT = 20.0
 LISTENING = re.compile(r"listening on (\S+) port (\d+)")
 MESSAGE = (
     b"From: a@example.org\r\nTo: b@example.org\r\nSubject: cli test\r\n"
@@ -56,7 +62,7 @@ FAST = {"iterations": 1000}
 # ----------------------------------------------------------------------------- parsing
 
 
-def parse(*argv: str, **environ: str) -> _cli.ServeCommand:
+def parse(*argv: str, **environ: str) -> ServeCommand:
     return parse_serve(list(argv), environ=environ)
 
 
@@ -74,6 +80,9 @@ def test_defaults_are_the_design_contract(tmp_path: Path, monkeypatch: pytest.Mo
     assert o.timeout == 300
     assert o.data_timeout == 600
     assert o.grace_period == 30
+    assert o.min_data_rate == 500
+    assert o.hook_timeout == 300
+    assert o.stress_timeout == 10
     assert o.max_connections == 1000
     assert o.max_per_ip == 50
     assert o.workers == 32
@@ -97,6 +106,34 @@ def test_defaults_are_the_design_contract(tmp_path: Path, monkeypatch: pytest.Mo
     assert handler.maildir.path == tmp_path / "maildir"
 
 
+def test_defaults_are_read_from_the_option_classes() -> None:
+    """No default is written twice: what an absent flag means is the target field's default,
+    and --help shows that same value."""
+    command = parse("--hostname", "mx.example.org")
+    fresh = ServerOptions()
+    for flag in _flags.FLAGS:
+        if flag.target is _flags.Target.OPTIONS:
+            assert getattr(command.options, flag.field) == getattr(fresh, flag.field), flag.name
+        elif flag.target is _flags.Target.CONFIG and flag.name != "--hostname":
+            assert getattr(command.options.config, flag.field) == getattr(fresh.config, flag.field)
+        elif flag.target is _flags.Target.COMMAND:
+            assert getattr(command, flag.field) == _flags.default_of(ServeCommand, flag.field)
+    helps = {
+        (action.option_strings[0], action.metavar): action.help
+        for action in _flags.serve_parser()._actions
+    }
+    for name, metavar, default in (
+        ("--min-data-rate", "BYTES_PER_S", "500"),
+        ("--hook-timeout", "SECONDS", "300"),
+        ("--stress-timeout", "SECONDS", "10"),
+        ("--max-message-size", "BYTES", "33554432"),
+        ("--listen", "HOST:PORT", "127.0.0.1:1025"),
+        ("--relay-starttls", "opportunistic|required|off", "opportunistic"),
+        ("--maildir", "DIR", "maildir"),
+    ):
+        assert str(helps[name, metavar]).endswith(f"(default: {default})"), name
+
+
 def test_every_flag(tmp_path: Path) -> None:
     command = parse(
         "--listen", "0.0.0.0:2525",
@@ -109,6 +146,9 @@ def test_every_flag(tmp_path: Path) -> None:
         "--timeout", "12.5",
         "--data-timeout", "99",
         "--grace-period", "0",
+        "--min-data-rate", "0",
+        "--hook-timeout", "2.5",
+        "--stress-timeout", "3",
         "--max-message-size", "1000000",
         "--max-recipients", "7",
         "--max-connections", "20000",
@@ -132,6 +172,9 @@ def test_every_flag(tmp_path: Path) -> None:
     assert o.timeout == 12.5
     assert o.data_timeout == 99
     assert o.grace_period == 0
+    assert o.min_data_rate == 0
+    assert o.hook_timeout == 2.5
+    assert o.stress_timeout == 3
     assert c.max_message_size == 1000000
     assert c.max_recipients == 7
     assert o.max_connections == 20000
@@ -145,8 +188,6 @@ def test_every_flag(tmp_path: Path) -> None:
 
 
 def current_user() -> str:
-    import pwd
-
     return pwd.getpwuid(os.geteuid()).pw_name
 
 
@@ -278,7 +319,7 @@ def test_bad_handler_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         "smtpkit_cli_broken:H": "No module named 'smtpkit_no_such_dependency'",
         "smtpkit_cli_syntax:H": "SyntaxError",
         "smtpkit_cli_raises:H": "RuntimeError: boom",
-        "nocolon": "unknown handler 'nocolon'",
+        "nocolon": "--handler nocolon: unknown handler",
         ":Attr": "expected MODULE:ATTR",
         "module:": "expected MODULE:ATTR",
     }
@@ -327,6 +368,24 @@ def test_bad_handler_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         ),
         (["--user", "smtpkit-no-such-user"], "--user smtpkit-no-such-user: no such user"),
         (["--processes", "0"], "argument --processes: must be at least 1"),
+        (["--min-data-rate", "-1"], "argument --min-data-rate: must be 0 or more, not -1"),
+        (["--min-data-rate", "1.5"], "argument --min-data-rate: not an integer"),
+        (["--hook-timeout", "0"], "argument --hook-timeout: must be more than 0 seconds"),
+        (["--stress-timeout", "x"], "argument --stress-timeout: not a number of seconds"),
+        # issue 10: "--listen ''" silently bound 0.0.0.0 port 25
+        (["--listen", ""], "argument --listen: empty address"),
+        (["--listen", "  "], "argument --listen: empty address"),
+        (["--listen", "127.0.0.1:"], "argument --listen: no port after the colon"),
+        # issue 10: an unresolvable host said "Name or service not known" (no flag, no host)
+        (
+            ["--listen", "nonexistent.invalid:2525"],
+            "--listen nonexistent.invalid:2525: cannot resolve nonexistent.invalid: ",
+        ),
+        (
+            ["--tls-listen", "nonexistent.invalid", "--tls-cert", "missing.pem"],
+            "--tls-cert missing.pem: No such file",  # the certificate is checked first
+        ),
+        (["--config", "/nonexistent/smtpkit.toml"], "/nonexistent/smtpkit.toml: cannot read"),
     ],
 )
 def test_bad_arguments(argv: list[str], message: str) -> None:
@@ -358,6 +417,309 @@ def test_existing_file_as_maildir(tmp_path: Path) -> None:
         parse("--maildir", str(tmp_path / "file"))
 
 
+GATEWAY_MODULE = """
+from smtpkit.handlers import Handler
+
+class Gateway(Handler):
+    def __init__(self, upstream, port=25):
+        self.upstream = upstream
+
+class Defaults(Handler):
+    def __init__(self, upstream="mx.example.org", *, port=25):
+        self.upstream = upstream
+
+def make(upstream):
+    return Gateway(upstream)
+"""
+
+
+def test_a_handler_needing_arguments_is_refused_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 10: it started, then dropped every connection with a TypeError."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    name = f"smtpkit_cli_gw_{os.getpid()}"
+    (tmp_path / f"{name}.py").write_text(GATEWAY_MODULE)
+    try:
+        for attr, missing in (("Gateway", "'upstream'"), ("make", "'upstream'")):
+            with pytest.raises(CLIError, match=f"needs arguments .*{missing}") as info:
+                parse("--handler", f"{name}:{attr}")
+            assert info.value.status == 2
+            assert str(info.value).startswith(f"--handler {name}:{attr}: {attr}() needs")
+        # Arguments with defaults are fine: the server can call it with none.
+        factory = parse("--handler", f"{name}:Defaults").factory
+        assert isinstance(factory, type) and factory.__name__ == "Defaults"
+    finally:
+        sys.modules.pop(name, None)
+
+
+def test_an_empty_auth_file_is_an_error(tmp_path: Path) -> None:
+    """Issue 10: it was accepted silently, and every login failed."""
+    empty = tmp_path / "passwords"
+    empty.write_text("# nobody yet\n\n")
+    with pytest.raises(CLIError, match="no users in the file") as info:
+        parse("--auth-file", str(empty), "--auth-allow-plaintext")
+    assert info.value.status == 2
+    assert str(info.value).startswith(f"--auth-file {empty}: ")
+
+
+def test_maildir_prepare_gives_new_folders_to_the_owner(tmp_path: Path) -> None:
+    nobody = pwd.getpwnam("nobody")
+    owner = (nobody.pw_uid, nobody.pw_gid)
+    folders = MaildirHandler.prepare(tmp_path / "one", owner=owner)
+    assert folders == (tmp_path / "one" / "tmp", tmp_path / "one" / "new")
+    for folder in (tmp_path / "one", *folders, tmp_path / "one" / "cur"):
+        assert (folder.stat().st_uid, folder.stat().st_gid) == owner
+    (tmp_path / "two").mkdir()  # an existing folder keeps its owner
+    assert MaildirHandler.prepare(tmp_path / "two", per_recipient=True, owner=owner) == (
+        tmp_path / "two",
+    )
+    assert (tmp_path / "two").stat().st_uid == os.geteuid()
+    assert list((tmp_path / "two").iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- --config FILE
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def comparable(command: ServeCommand) -> tuple[object, ...]:
+    """What a command means, for comparing two ways of saying it."""
+    factory = command.factory
+    if isinstance(factory, functools.partial):
+        factory_key: object = (factory.func, factory.args, factory.keywords)
+    else:
+        factory_key = factory
+    options = dataclasses.replace(command.options, ssl_context=None)
+    return (factory_key, options, dataclasses.replace(command, factory=None, options=None))
+
+
+def test_every_server_flag_is_a_key(tmp_path: Path) -> None:
+    """A file says what the same flags say, key for flag."""
+    argv = [
+        "--listen", "127.0.0.1:0", "--listen", "[::1]:2526", "--transport", "anyio",
+        "--anyio-backend", "trio", "--no-uvloop", "--hostname", "mx.example.org",
+        "--timeout", "12.5", "--data-timeout", "99", "--min-data-rate", "0",
+        "--hook-timeout", "7", "--stress-timeout", "2", "--grace-period", "0",
+        "--max-message-size", "1000000", "--max-recipients", "7", "--max-connections", "20",
+        "--max-per-ip", "0", "--workers", "4", "--processes", "2", "--lmtp",
+        "--no-received-header", "--bare-lf", "normalize", "--log-level", "debug",
+        "--user", current_user(), "--auth-allow-plaintext",
+    ]  # fmt: skip
+    config = write(
+        tmp_path / "all.toml",
+        f"""
+        listen = ["127.0.0.1:0", "[::1]:2526"]
+        transport = "anyio"
+        anyio_backend = "trio"
+        no_uvloop = true
+        hostname = "mx.example.org"
+        timeout = 12.5
+        data_timeout = 99
+        min_data_rate = 0
+        hook_timeout = 7
+        stress_timeout = 2.0
+        grace_period = 0
+        max_message_size = 1_000_000
+        max_recipients = 7
+        max_connections = 20
+        max_per_ip = 0
+        workers = 4
+        processes = 2
+        lmtp = true
+        no_received_header = true
+        bare_lf = "normalize"
+        log_level = "debug"
+        user = "{current_user()}"
+        auth_allow_plaintext = true
+        """,
+    )
+    from_flags = parse(*argv, "--maildir", str(tmp_path / "box"))
+    from_file = parse("--config", config, "--maildir", str(tmp_path / "box"))
+    assert comparable(from_file) == comparable(from_flags)
+    assert from_file.options.stress_timeout == 2 and from_file.options.reuse_port is True
+    # The table's keys are exactly the flags, bar those the file says otherwise.
+    keys = {flag.key for flag in _flags.FLAGS if flag.key and flag.handler is None}
+    flags = {flag.dest for flag in _flags.FLAGS}
+    assert keys == flags - {"config", "handler", "maildir", "maildir_per_recipient", "dump",
+                            "relay", "relay_starttls", "relay_auth"}  # fmt: skip
+
+
+def test_the_command_line_wins_over_the_file(tmp_path: Path) -> None:
+    config = write(
+        tmp_path / "smtpkit.toml",
+        """
+        listen = ["127.0.0.1:2525"]
+        timeout = 60
+        max_recipients = 5
+        lmtp = true
+        [deliver]
+        type = "maildir"
+        maildir = "from-file"
+        """,
+    )
+    command = parse("--config", config, "--timeout", "30", "--listen", "127.0.0.1:2600",
+                    "--maildir", str(tmp_path / "from-flag"))  # fmt: skip
+    assert command.options.timeout == 30
+    assert command.options.listen == (("127.0.0.1", 2600),)  # replaced, not added to
+    assert command.options.config.max_recipients == 5
+    assert command.options.config.lmtp is True
+    assert command.maildir == tmp_path / "from-flag"
+    # --handler replaces the whole [deliver] table: its maildir key is not carried over.
+    command = parse("--config", config, "--handler", "sink")
+    assert command.factory is SinkHandler and command.maildir is None
+
+
+def test_deliver_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cases = {
+        'type = "sink"': SinkHandler,
+        'type = "print"': PrintHandler,
+    }
+    for table, expected in cases.items():
+        config = write(tmp_path / "d.toml", f"[deliver]\n{table}\n")
+        assert parse("--config", config).factory is expected
+    config = write(tmp_path / "d.toml", '[deliver]\ntype = "print"\ndump = true\n')
+    dump = parse("--config", config).factory()
+    assert isinstance(dump, PrintHandler) and dump.dump is True
+    config = write(
+        tmp_path / "d.toml",
+        '[deliver]\ntype = "maildir"\nmaildir = "boxes"\nper_recipient = true\n',
+    )
+    command = parse("--config", config)
+    assert command.maildir == tmp_path / "boxes" and command.per_recipient is True
+    secret = tmp_path / "relay-auth"
+    secret.write_text("me@example.net:s3cret\n")
+    config = write(
+        tmp_path / "d.toml",
+        f"""
+        hostname = "gw.example.org"
+        [deliver]
+        type = "relay"
+        host = "smtp.example.net"
+        port = 587
+        starttls = "required"
+        auth = "{secret}"
+        """,
+    )
+    handler = parse("--config", config).factory()
+    assert isinstance(handler, RelayHandler)
+    assert (handler.host, handler.port, handler.starttls) == ("smtp.example.net", 587, "required")
+    assert (handler.username, handler.password) == ("me@example.net", "s3cret")
+    assert handler.local_hostname == "gw.example.org"
+    config = write(tmp_path / "d.toml", '[deliver]\ntype = "relay"\nhost = "mx.example.net"\n')
+    handler = parse("--config", config).factory()
+    assert isinstance(handler, RelayHandler) and handler.port == 25  # RelayHandler's default
+    (tmp_path / "smtpkit_cli_toml_user.py").write_text(USER_MODULE)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    try:
+        config = write(tmp_path / "d.toml", '[deliver]\ntype = "smtpkit_cli_toml_user:Fake"\n')
+        factory = parse("--config", config).factory
+        assert isinstance(factory, type) and factory.__name__ == "Fake"
+    finally:
+        sys.modules.pop("smtpkit_cli_toml_user", None)
+
+
+BROKEN = """\
+# every kind of mistake, one per line
+listen = "127.0.0.1:25"
+max_message_size = "32M"
+timeout = 0
+max_conections = 5
+maildir = "mail"
+lmtp = 1
+
+[deliver]
+type = "relay"
+port = 2525
+starttls = "sometimes"
+dump = true
+
+[[policy]]
+type = "dnsbl"
+"""
+
+
+def test_check_config_names_file_line_and_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path / "broken.toml", BROKEN)
+    assert main(["check-config", path]) == 1
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert out.splitlines() == [
+        f"{path}:2: listen: expected an array, not a string",
+        f"{path}:3: max_message_size: expected an integer, not a string",
+        f"{path}:4: timeout: must be more than 0 seconds, not 0",
+        f"{path}:5: max_conections: unknown key (did you mean max_connections?)",
+        f"{path}:6: maildir: goes in the [deliver] table",
+        f"{path}:7: lmtp: expected a boolean, not an integer",
+        f"{path}:12: deliver.starttls: invalid choice: 'sometimes' "
+        "(choose from opportunistic, required, off)",
+        f"{path}:13: deliver.dump: not a key of type 'relay' "
+        "(its keys: starttls, auth, host, port)",
+        f"{path}:9: deliver.host: missing: the smarthost of type 'relay'",
+        f"{path}:15: policy: [[policy]] tables are not supported yet; remove them",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("listen = [\n  1,\n]\n", "1: listen: expected a string, not an integer"),
+        ("workers = true\n", "1: workers: expected an integer, not a boolean"),
+        ("handler = 'sink'\n", '1: handler: not a key: give a [deliver] table with type = "..."'),
+        ("config = 'other.toml'\n", "1: config: unknown key"),
+        ("[deliver]\nmaildir = 'x'\n", "1: deliver.type: missing: one of sink, print"),
+        ("[deliver]\ntype = 'smtp'\n", "2: deliver.type: 'smtp' is not one of sink, print"),
+        ("[deliver]\ntype = 'sink'\nmaildir = 'x'\n", "3: deliver.maildir: not a key of type"),
+        ("deliver = 'sink'\n", "1: deliver: expected a table, not a string"),
+        ("[deliver]\ntype='relay'\nhost='h'\nport=0\n", "4: deliver.port: expected a port"),
+        ("timeout = 1\nx = = 2\ny = 3\n", "2: invalid TOML: "),
+        ("timeout = 1\nx = [1,\n", "2: invalid TOML: "),  # at the end: the last line
+        ("[[policy]]\ntype = 'dnsbl'\n", "1: policy: [[policy]] tables are not supported yet"),
+    ],
+)
+def test_file_problems(tmp_path: Path, text: str, problem: str) -> None:
+    path = write(tmp_path / "f.toml", text)
+    with pytest.raises(CLIError, match=re.escape(f"{path}:{problem}")) as info:
+        parse("--config", path)
+    assert info.value.status == 2
+
+
+def test_serve_with_a_broken_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path / "broken.toml", BROKEN)
+    assert main(["serve", "--config", path]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        f"smtpkit: error: {path}:2: listen: expected an array, not a string "
+        f"(and 9 more: see 'smtpkit check-config {path}')\n"
+    )
+
+
+def test_check_config_runs_the_checks_of_serve(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Past the file's own problems, what `serve` would refuse at start: here a file it names."""
+    path = write(tmp_path / "gw.toml", 'tls_cert = "/nonexistent/cert.pem"\n')
+    assert main(["check-config", path]) == 1
+    assert capsys.readouterr().out == f"{path}:1: tls_cert: No such file or directory\n"
+    good = write(tmp_path / "good.toml", 'listen = ["127.0.0.1:0"]\n[deliver]\ntype = "sink"\n')
+    assert main(["check-config", good]) == 0
+    assert capsys.readouterr().out == f"{good}: ok\n"
+    assert main(["check-config", str(tmp_path / "missing.toml")]) == 1
+    assert "missing.toml: cannot read: No such file" in capsys.readouterr().out
+    with pytest.raises(CLIError, match="the following arguments are required"):
+        _cli.build_parser().parse_args(["check-config"])
+
+
 # ----------------------------------------------------------------------------- main()
 
 
@@ -369,15 +731,23 @@ def test_existing_file_as_maildir(tmp_path: Path) -> None:
         (["serve", "--timeout", "x"], "argument --timeout"),
         (["serve", "--handler", "smtpkit_no_such_module:H"], "no module named"),
         (["serve", "--processes", "0", "--handler", "sink"], "--processes"),
+        (["serve", "--listen", ""], "argument --listen: empty address"),
+        (
+            ["serve", "--listen", "nonexistent.invalid"],
+            "--listen nonexistent.invalid:25: cannot resolve nonexistent.invalid",
+        ),
+        (
+            ["serve", "--auth-file", "/dev/null", "--auth-allow-plaintext"],
+            "--auth-file /dev/null: no users in the file",
+        ),
+        (["check-config"], "the following arguments are required: FILE.toml"),
     ],
 )
 def test_main_errors_are_one_line(
     argv: list[str],
     message: str,
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_cli, "configure_logging", lambda level: None)  # leave pytest's alone
     assert main(argv) == 2
     out, err = capsys.readouterr()
     assert out == ""
@@ -396,7 +766,8 @@ def test_main_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
         "--timeout", "--max-message-size", "--max-recipients", "--max-connections", "--workers",
         "--user", "--processes", "--max-per-ip", "--data-timeout", "--grace-period", "--lmtp",
         "--no-received-header", "--anyio-backend", "--no-uvloop", "--dump", "--log-level",
-        "--bare-lf",
+        "--bare-lf", "--maildir-per-recipient", "--relay-starttls", "--relay-auth",
+        "--config", "--min-data-rate", "--hook-timeout", "--stress-timeout",
     ):  # fmt: skip
         assert flag in out
     assert main(["--version"]) == 0
@@ -427,7 +798,7 @@ def test_hash_password_prompts_on_a_terminal(
 
     answers = iter(["pw1", "pw1", "pw1", "pw2"])
     monkeypatch.setattr(sys, "stdin", Tty())
-    monkeypatch.setattr(_cli.getpass, "getpass", lambda prompt="": next(answers))
+    monkeypatch.setattr(_hash_password.getpass, "getpass", lambda prompt="": next(answers))
     assert main(["hash-password"]) == 0
     assert verify_password("pw1", capsys.readouterr().out.strip())
     assert main(["hash-password"]) == 2
@@ -674,7 +1045,7 @@ def test_auth_file_plaintext_and_hashed(
             with pytest.raises(smtplib.SMTPAuthenticationError) as info:
                 client.login(user, password)
             assert info.value.smtp_code == 535
-    server.wait_for(re.compile(r"authentication failed user='nobody'"))
+    server.wait_for(re.compile(r"authentication failed user=nobody "))
     assert_clean_exit(server)
 
 
@@ -774,6 +1145,8 @@ def test_user_handler_from_the_current_directory(
         (["serve", "--handler", "smtpkit_no_such_module:Handler"], "no module named"),
         (["serve", "--workers", "-3"], "--workers"),
         (["serve", "--tls-cert", "missing.pem"], "--tls-cert missing.pem: No such file"),
+        (["serve", "--listen", ""], "argument --listen: empty address"),
+        (["serve", "--listen", "nonexistent.invalid:2525"], "cannot resolve nonexistent.invalid"),
     ],
 )
 def test_bad_flags_in_a_real_run(
@@ -785,6 +1158,158 @@ def test_bad_flags_in_a_real_run(
     assert server.stderr.count("\n") == 1, server.stderr
     assert message in server.stderr
     assert "Traceback" not in server.stderr
+
+
+def test_serve_from_a_config_file(tmp_path: Path, run_server: type[ServerProcess]) -> None:
+    config = write(
+        tmp_path / "catcher.toml",
+        f"""
+        listen = ["127.0.0.1:0"]
+        hostname = "catcher.example"
+        [deliver]
+        type = "maildir"
+        maildir = "{tmp_path / "box"}"
+        """,
+    )
+    server = run_server(["serve", "--config", config], tmp_path)
+    send(server.port())
+    server.wait_for(re.compile(r"decision=accepted"))
+    (message,) = maildir_files(tmp_path / "box")
+    assert b"by catcher.example" in message.read_bytes()
+    assert_clean_exit(server)
+    assert "handler maildir" in server.stderr
+
+
+def test_a_real_handler_needing_arguments_is_one_line(
+    tmp_path: Path, run_server: type[ServerProcess]
+) -> None:
+    """Issue 10: it started, then dropped every connection with a TypeError in the log."""
+    (tmp_path / "smtpkit_cli_gw.py").write_text(GATEWAY_MODULE)
+    server = run_server(["serve", "--handler", "smtpkit_cli_gw:Gateway"], tmp_path)
+    assert server.wait() == 2
+    assert server.stderr.startswith(
+        "smtpkit: error: --handler smtpkit_cli_gw:Gateway: Gateway() needs arguments "
+    )
+    assert server.stderr.count("\n") == 1 and "Traceback" not in server.stderr
+
+
+#: Run as root without the capabilities that let root enter any folder, so that permissions
+#: bite as they do for any other user (setpriv is util-linux's, a required tool here).
+WITHOUT_DAC_OVERRIDE = [
+    "setpriv",
+    "--inh-caps=-dac_override,-dac_read_search",
+    "--bounding-set=-dac_override,-dac_read_search",
+]
+
+
+@pytest.mark.parametrize(
+    ("mode", "status"),
+    [(0o000, 2), (0o555, 1)],
+    ids=["parent-not-enterable", "parent-read-only"],
+)
+def test_maildir_in_a_folder_we_may_not_use(
+    tmp_path: Path, run_server: type[ServerProcess], mode: int, status: int
+) -> None:
+    """Issue 10: a 21-line traceback. Not enterable: found while parsing (status 2); read-only:
+    when creating the Maildir (status 1). Either way one line."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(mode)
+    maildir = locked / "sub" / "maildir"
+    try:
+        server = run_server(
+            ["serve", "--listen", "127.0.0.1:0", "--maildir", str(maildir)],
+            tmp_path,
+            command=[*WITHOUT_DAC_OVERRIDE, sys.executable, "-m", "smtpkit"],
+        )
+        assert server.wait() == status
+    finally:
+        locked.chmod(0o700)
+    assert server.stderr == f"smtpkit: error: --maildir {maildir}: Permission denied\n"
+
+
+@pytest.mark.parametrize("case", ["folder-above-not-enterable", "existing-maildir-of-root"])
+def test_user_who_cannot_write_the_maildir_is_refused_at_start(
+    tmp_path: Path, run_server: type[ServerProcess], case: str
+) -> None:
+    """Issue 10: `--user nobody` started, then dropped every client with no reply."""
+    if case == "folder-above-not-enterable":
+        private = tmp_path / "private"
+        private.mkdir(mode=0o700)
+        box = private / "box"
+        folder = box / "tmp"
+    else:
+        public = Path(tempfile.mkdtemp(prefix="smtpkit-cli-"))
+        public.chmod(0o755)
+        box = public / "box"
+        MaildirHandler.prepare(box)  # root's, 0o755: nobody may not write
+        folder = box / "tmp"
+    try:
+        server = run_server(
+            ["serve", "--listen", "127.0.0.1:0", "--user", "nobody", "--maildir", str(box)],
+            tmp_path,
+        )
+        assert server.wait() == 1
+    finally:
+        if case != "folder-above-not-enterable":
+            shutil.rmtree(box.parent)
+    assert server.stderr == (
+        f"smtpkit: error: --maildir {box}: {folder} is not writable by --user nobody\n"
+    )
+
+
+def test_user_who_can_write_the_maildir_gets_its_mail(run_server: type[ServerProcess]) -> None:
+    """The check above refuses only what would fail: a Maildir that smtpkit makes for nobody in
+    a folder nobody may enter is written into after the switch."""
+    public = Path(tempfile.mkdtemp(prefix="smtpkit-cli-"))
+    try:
+        public.chmod(0o755)
+        box = public / "box"
+        server = run_server(
+            ["serve", "--listen", "127.0.0.1:0", "--user", "nobody", "--maildir", str(box)],
+            public,
+        )
+        send(server.port())
+        server.wait_for(re.compile(r"decision=accepted"))
+        (message,) = maildir_files(box)
+        assert message.stat().st_uid == pwd.getpwnam("nobody").pw_uid
+        assert_clean_exit(server)
+        assert "running as nobody" in server.stderr
+    finally:
+        shutil.rmtree(public)
+
+
+def test_a_stderr_nobody_reads_never_stalls_serving(tmp_path: Path) -> None:
+    """Issue 10: on a pipe nobody reads, the server froze after ~64 KiB of log lines. The log
+    goes through a bounded queue and a writer thread; serving never waits for it."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("SMTPKIT_LOOP", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smtpkit", "serve", "--listen", "127.0.0.1:0", "--handler", "sink"],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        while not (match := LISTENING.search(proc.stderr.readline())):
+            assert proc.poll() is None
+        port = int(match.group(2))
+        # From here on nobody reads: 2 lines of ~100 bytes per session fill the 64 KiB pipe
+        # several times over.
+        for _ in range(800):
+            with smtplib.SMTP("127.0.0.1", port, timeout=WAIT) as client:
+                client.noop()
+        send(port)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_port_in_use(tmp_path: Path, run_server: type[ServerProcess]) -> None:
@@ -852,6 +1377,33 @@ def test_docs_cover_every_flag() -> None:
                     assert f"`{flag}" in docs, f"{flag} of {name} is not in docs/cli.md"
 
 
+def test_docs_configuration_examples_are_valid(tmp_path: Path) -> None:
+    """Each TOML block of docs/cli.md reads without a problem, and means what its flags mean."""
+    docs = (ROOT / "docs" / "cli.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", docs, re.S)
+    assert len(blocks) >= 2
+    for number, block in enumerate(blocks):
+        path = tmp_path / f"example{number}.toml"
+        path.write_text(block)
+        assert read_config(str(path)).problems == (), block
+    catcher = tmp_path / "catcher.toml"
+    catcher.write_text(next(block for block in blocks if "catcher" in block))
+    from_file = parse("--config", str(catcher))
+    from_flags = parse(
+        "--listen", "127.0.0.1:2525", "--log-level", "debug", "--maildir", "/tmp/mail"
+    )
+    assert comparable(from_file) == comparable(from_flags)
+
+
+def test_docs_say_what_processes_does() -> None:
+    """Issue 10: docs/cli.md said that --processes above 1 is an error, yet it works."""
+    docs = (ROOT / "docs" / "cli.md").read_text()
+    row = next(line for line in docs.splitlines() if line.startswith("| `--processes N`"))
+    assert "error" not in row and "SO_REUSEPORT" in row
+    command = parse("--processes", "2")
+    assert command.processes == 2 and command.options.reuse_port is True
+
+
 def test_docs_password_file_example() -> None:
     docs = (ROOT / "docs" / "cli.md").read_text()
     block = docs.split("# /etc/smtpkit/passwords", 1)[1].split("```", 1)[0]
@@ -867,6 +1419,7 @@ def test_maildir_per_recipient_delivers_into_one_maildir_per_recipient(tmp_path:
     command = parse_serve(["--maildir", str(root), "--maildir-per-recipient"])
     assert isinstance(command.factory, functools.partial)
     assert command.factory.keywords == {"per_recipient": True}
+    assert command.per_recipient is True
     with running_server(command.factory) as server, smtplib.SMTP(*server.addresses[0]) as client:
         client.sendmail("a@example.org", ["bob@example.org", "Eve@Example.org"], MESSAGE)
     boxes = sorted(p.name for p in root.iterdir())

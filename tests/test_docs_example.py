@@ -12,11 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from support import WAIT
+
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "core.md"
 EXAMPLE = ROOT / "examples" / "core_blocking_server.py"
 MARKER = "<!-- example: examples/core_blocking_server.py -->"
-WAIT = 10.0  # seconds; every wait in this file is bounded
 
 
 def doc_listing() -> str:

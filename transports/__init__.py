@@ -14,7 +14,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._lifecycle import Deadline, Expiry, Lifecycle, Phase, Refusal
     from ._listen import make_ssl_context, parse_address
+    from ._logging import LogChannel, log_to_stderr
     from ._options import App, ServerOptions
     from ._pump import HookCall, Mode, Pump
     from ._server import TRANSPORTS, Runner, Server, serve
@@ -23,12 +25,19 @@ if TYPE_CHECKING:
 __all__ = [
     "TRANSPORTS",
     "App",
+    "Deadline",
+    "Expiry",
     "HookCall",
+    "Lifecycle",
+    "LogChannel",
     "Mode",
+    "Phase",
     "Pump",
+    "Refusal",
     "Runner",
     "Server",
     "ServerOptions",
+    "log_to_stderr",
     "make_ssl_context",
     "parse_address",
     "running_server",
@@ -39,7 +48,14 @@ __all__ = [
 _HOMES: dict[str, str] = {
     "TRANSPORTS": "_server",
     "App": "_options",
+    "Deadline": "_lifecycle",
+    "Expiry": "_lifecycle",
     "HookCall": "_pump",
+    "Lifecycle": "_lifecycle",
+    "LogChannel": "_logging",
+    "Phase": "_lifecycle",
+    "Refusal": "_lifecycle",
+    "log_to_stderr": "_logging",
     "Mode": "_pump",
     "Pump": "_pump",
     "Runner": "_server",

@@ -14,11 +14,13 @@ One task per connection runs the pump loop (see `_pump`) over an anyio `ByteStre
   only once the kernel took every byte. The session loop above them is the same.
 - The listeners accept in batches.
 - Timeouts cost nothing per read. Each session runs its loop inside one long-lived cancel
-  scope, notes the pump's deadline (on `time.monotonic`, which trio's clock is not) before it
-  waits on the peer, and a single watchdog task cancels the scopes of sessions whose peer is
-  past its deadline. Timeouts therefore fire up to `_resolution()` late.
-- Plain hooks run on the server's own `CapacityLimiter(options.workers)`, never on anyio's
-  process-wide default; async hooks are awaited in the connection task.
+  scope, and a single watchdog task asks each session waiting on its peer for the pump's
+  deadline (see `_lifecycle`; on `time.monotonic`, which trio's clock is not) and cancels the
+  scopes of those past it. Timeouts therefore fire up to `_resolution()` late, and stress
+  shortens the running ones at the next tick.
+- Plain hooks run on the server's own `WorkerPool` (daemon threads, a stuck one abandoned at
+  its deadline), never on anyio's process-wide default; async hooks are awaited in the
+  connection task, inside a cancel scope at the hook deadline.
 - STARTTLS and implicit TLS use anyio's `TLSStream` over our stream; the handshake is bounded
   by `options.tls_handshake_timeout`.
 - `stop()` writes one byte to a socketpair that the serving task waits on: safe from any
@@ -35,22 +37,25 @@ import contextlib
 import errno
 import importlib.util
 import logging
+import math
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Final, cast, final
 
 import anyio
+import anyio.from_thread
 import anyio.lowlevel
-import anyio.to_thread
 from anyio.abc import ByteStream, TaskGroup
 from anyio.streams.tls import TLSAttribute, TLSStream
 
 from smtp_core import Reply
 
-from ._options import CUTOFF_WAIT, App, ServerOptions
-from ._pump import CLOSE, NEED_DATA, START_TLS, HookCall, Mode, Pump
+from ._lifecycle import CUTOFF_WAIT, Phase, Refusal, Slot
+from ._options import App, ServerOptions
+from ._pump import CLOSE, NEED_DATA, START_TLS, HookCall, HookOutcome, Mode, Pump
 from ._server import Runner
+from ._workers import WorkerPool
 
 __all__ = ["AnyioRunner"]
 
@@ -323,7 +328,7 @@ class AnyioRunner(Runner):
         #: True once shutdown began: idle sessions get 421 instead of another read.
         self.stopping = False
         self.sessions: set[_Session] = set()
-        self.limiter: anyio.CapacityLimiter | None = None
+        self.pool = WorkerPool(app.options.workers)
         self._all_done: anyio.Event | None = None
         self._watchdog_scope: anyio.CancelScope | None = None
 
@@ -355,6 +360,7 @@ class AnyioRunner(Runner):
         finally:
             for sock in (*listeners, *tls_listeners, self._wake_r, self._wake_w):
                 sock.close()
+            self.pool.shutdown()  # stuck hooks are not waited for: daemon threads
 
     def stop(self) -> None:
         # A flag and a byte on a socket: safe from any thread and inside a signal handler.
@@ -370,7 +376,6 @@ class AnyioRunner(Runner):
         tls_listeners: list[socket.socket],
         ready: Callable[[], None],
     ) -> None:
-        self.limiter = anyio.CapacityLimiter(self.app.options.workers)
         self._all_done = anyio.Event()
         self._watchdog_scope = watchdog = anyio.CancelScope()
         async with anyio.create_task_group() as sessions:
@@ -429,25 +434,26 @@ class AnyioRunner(Runner):
                 await anyio.sleep(resolution)
                 now = time.monotonic()
                 for session in sessions:  # no await in this loop: the set cannot change
-                    if session.waiting and session.deadline <= now:
+                    pump = session.pump
+                    if session.waiting and pump is not None and pump.deadline().at <= now:
                         reason = _WRITE_TIMEOUT if session.waiting == _WRITING else _TIMEOUT
                         session.interrupt(reason)
 
     async def _shutdown(self) -> None:
         self.stopping = True
+        lifecycle = self.app.lifecycle
+        lifecycle.begin_shutdown()
         for session in self.sessions:
             pump = session.pump
             if session.waiting == _READING and pump is not None and pump.idle:
                 session.interrupt(_SHUTDOWN)
         # The others say 421 when they next become idle, or are cut off after the grace period.
         assert self._all_done is not None
-        if not self.sessions:
-            return
-        with anyio.move_on_after(self.app.options.grace_period):
-            await self._all_done.wait()
         if self.sessions:
-            log.warning("grace period over; cutting off %d sessions", len(self.sessions))
-            for session in self.sessions:
+            with anyio.move_on_after(max(lifecycle.phase_ends - time.monotonic(), 0.0)):
+                await self._all_done.wait()
+        if lifecycle.advance(len(self.sessions)) is Phase.CUTTING_OFF:
+            for session in self.sessions:  # each gets CUTOFF_WAIT for its 421 and close hook
                 session.scope.cancel()
 
     async def _connection(self, conn: socket.socket, addr: Any, implicit_tls: bool) -> None:
@@ -481,8 +487,7 @@ class AnyioRunner(Runner):
             log.exception("session with %s failed", session.peer_text)
         finally:
             # Free the slot first, so that a client that sees our EOF may connect again.
-            if session.admitted:
-                self.app.limits.release(ip)
+            self.app.lifecycle.release(session.slot)
             self.sessions.discard(session)
             if self.stopping and not self.sessions and self._all_done is not None:
                 self._all_done.set()
@@ -497,8 +502,6 @@ class _Session:
     """One SMTP connection, driven by one task. Everything here runs on the loop thread."""
 
     __slots__ = (
-        "admitted",
-        "deadline",
         "implicit_tls",
         "interrupted",
         "ip",
@@ -508,6 +511,7 @@ class _Session:
         "pump",
         "runner",
         "scope",
+        "slot",
         "stream",
         "timer",
         "waiting",
@@ -523,16 +527,15 @@ class _Session:
         self.peer_text = f"[{ip}]:{port}"
         self.implicit_tls = implicit_tls
         self.pump: Pump | None = None
-        self.admitted = False
+        self.slot: Slot | None = None
         #: The connection can no longer carry bytes: write nothing more, read nothing more.
         self.lost = False
         #: Cancelled to cut the session off once the grace period is over.
         self.scope = anyio.CancelScope()
         #: Around the pump loop; cancelled by `interrupt()`.
         self.timer = anyio.CancelScope()
-        #: _BUSY, _WRITING or _READING, and until when the peer has (time.monotonic).
+        #: _BUSY, _WRITING or _READING: what the watchdog may interrupt.
         self.waiting = _BUSY
-        self.deadline = 0.0
         #: Why `timer` was cancelled, once it was.
         self.interrupted: str | None = None
 
@@ -547,15 +550,14 @@ class _Session:
     async def run(self) -> None:
         runner = self.runner
         app = runner.app
-        reason = app.limits.admit(self.ip)
-        self.admitted = reason is None
-        if reason is None and runner.stopping:
-            reason = "service shutting down"
+        slot = app.lifecycle.admit(self.ip)
+        if not isinstance(slot, Refusal):
+            self.slot = slot
         if self.implicit_tls and not await self.handshake():
             return
-        if reason is not None:
-            log.info("refused %s: %s", self.peer_text, reason)
-            await self.say(app.refusal(reason))
+        if isinstance(slot, Refusal):
+            log.info("refused %s: %s", self.peer_text, slot.value)
+            await self.say(app.refusal(slot))
             return
         pump = self.pump = app.new_session((self.ip, self.port), tls=self.implicit_tls)
         if self.implicit_tls:
@@ -590,11 +592,12 @@ class _Session:
                 if self.lost:
                     pump.receive_data(b"")
                     continue
-                self.deadline = pump.read_deadline()
                 try:
                     if out:
                         self.waiting = _WRITING
+                        pump.clock.output_blocked()
                         await self.stream.send(out)
+                        pump.clock.output_drained()
                         if runner.stopping and pump.idle:  # shutdown began while we flushed
                             self.interrupted = _SHUTDOWN
                             return b""
@@ -625,10 +628,11 @@ class _Session:
         if self.lost:
             return
         assert self.pump is not None
-        self.deadline = self.pump.read_deadline()
         self.waiting = _WRITING
+        self.pump.clock.output_blocked()
         try:
             await self.stream.send(out)
+            self.pump.clock.output_drained()
         except _IO_ERRORS as exc:
             self.connection_lost(exc)
             self.pump.receive_data(b"")
@@ -652,19 +656,52 @@ class _Session:
         self.lost = True
 
     async def call(self, pump: Pump, call: HookCall) -> None:
-        try:
+        """Run the hook until its deadline. Anything it raises, BaseException included, is
+        its failure; only our own cancellation (a cut-off) goes through."""
+        remaining = pump.deadline().at - time.monotonic()
+        with anyio.move_on_after(remaining) as scope:
             if call.mode is Mode.THREAD:
-                result = await anyio.to_thread.run_sync(
-                    call.fn, *call.args, abandon_on_cancel=True, limiter=self.runner.limiter
-                )
-            elif call.mode is Mode.ASYNC:
-                result = await call.fn(*call.args)
-            else:  # the pump runs DEFAULT and INLINE itself; be lenient anyway
-                result = call.fn(*call.args)
-        except Exception as exc:
-            pump.hook_failed(exc)
+                await self.call_in_thread(pump, call)
+                return
+            try:
+                result = await cast(Awaitable[object], call.fn(*call.args))
+            except anyio.get_cancelled_exc_class() as exc:
+                if anyio.current_effective_deadline() == -math.inf:
+                    raise  # a scope was cancelled: ours (the timeout) or the cut-off
+                pump.hook_failed(exc, call)
+            except BaseException as exc:  # a hook's SystemExit is the hook's failure
+                pump.hook_failed(exc, call)
+            else:
+                pump.hook_done(result, call)  # type: ignore[arg-type]
+        if scope.cancelled_caught:
+            pump.hook_timed_out(call)
+
+    async def call_in_thread(self, pump: Pump, call: HookCall) -> None:
+        done = anyio.Event()
+        token = anyio.lowlevel.current_token()
+        outcome: list[tuple[bool, HookOutcome | BaseException]] = []
+
+        def report(ok: bool, result: HookOutcome | BaseException) -> None:
+            outcome.append((ok, result))
+            with contextlib.suppress(Exception):  # the run is over: nobody waits
+                anyio.from_thread.run_sync(done.set, token=token)
+
+        job = self.runner.pool.submit(call.fn, call.args, report)
+        if job is None:
+            pump.hook_unavailable(call)
+            return
+        try:
+            await done.wait()
+        finally:
+            if not outcome:  # timed out or cut off: its thread is left behind
+                self.runner.pool.abandon(job)
+        ok, result = outcome[0]
+        if not ok:
+            assert isinstance(result, BaseException)
+            pump.hook_failed(result, call)
         else:
-            pump.hook_done(result)
+            assert not isinstance(result, BaseException)
+            pump.hook_done(result, call)  # type: ignore[arg-type]  # THREAD: not async
 
     async def finish(self, pump: Pump) -> None:
         """Run an aborted session to its end (the close hook) without reading or writing."""

@@ -1,28 +1,30 @@
 """The asyncio transport: Protocol/Transport (not streams), uvloop when installed.
 
 Each connection is one `SessionProtocol` driving its Pump from the loop's callbacks. Plain
-hooks go to the server's own thread pool; async hooks run as tasks. Reading pauses while a
-hook decides, and while the peer is not reading our replies, so memory stays bounded.
+hooks go to the server's own worker pool; async hooks run as tasks. Reading pauses while a
+hook decides, and while the peer is not reading our replies, so memory stays bounded. Each
+session has one timer, armed at the pump's deadline (see `_lifecycle`) and re-armed lazily
+when it fires early; all of them are re-armed when stress begins.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import functools
 import logging
 import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, ClassVar, cast, final
+from collections.abc import Awaitable, Callable
+from typing import ClassVar, cast, final
 
+from ._lifecycle import Expiry, Phase, Refusal, Slot
 from ._listen import BACKLOG
-from ._options import CUTOFF_WAIT, LINGER, App
-from ._pump import CLOSE, NEED_DATA, START_TLS, HookCall, Mode, Pump
+from ._options import LINGER, App
+from ._pump import CLOSE, NEED_DATA, START_TLS, HookCall, HookOutcome, Mode, Pump
 from ._server import Runner
+from ._workers import Job, WorkerPool
 
 __all__ = ["AsyncioRunner"]
 
@@ -51,10 +53,9 @@ class AsyncioRunner(Runner):
         self._stopping: asyncio.Event | None = None
         self.sessions: set[SessionProtocol] = set()
         self._all_closed: asyncio.Event | None = None
-        self.pool = concurrent.futures.ThreadPoolExecutor(
-            app.options.workers, thread_name_prefix="smtpkit-worker"
-        )
+        self.pool = WorkerPool(app.options.workers)
         self.shutting_down = False
+        self.stress_epoch = 0
 
     def run(
         self,
@@ -66,7 +67,7 @@ class AsyncioRunner(Runner):
         try:
             loop.run_until_complete(self._main(listeners, tls_listeners, ready))
         finally:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool.shutdown()  # stuck hooks are not waited for: daemon threads
             loop.close()
 
     def stop(self) -> None:
@@ -137,30 +138,45 @@ class AsyncioRunner(Runner):
         return routed
 
     async def _shutdown(self, servers: list[asyncio.AbstractServer]) -> None:
+        lifecycle = self.app.lifecycle
         self.shutting_down = True
+        lifecycle.begin_shutdown()
         for server in servers:
             server.close()
         for session in list(self.sessions):
             session.shutdown_if_idle()
         assert self._all_closed is not None
-        if self.sessions:
-            try:
-                await asyncio.wait_for(self._all_closed.wait(), self.app.options.grace_period)
-            except asyncio.TimeoutError:
-                log.warning("grace period over; cutting off %d sessions", len(self.sessions))
+        cut: list[SessionProtocol] = []
+        while True:
+            # Cut-off sessions are gone from `sessions` at once; their close hooks still run.
+            left = len(self.sessions) + sum(1 for s in cut if s.busy)
+            phase = lifecycle.advance(left)
+            if phase is Phase.STOPPED:
+                break
+            if phase is Phase.DRAINING:
+                wait = max(lifecycle.phase_ends - time.monotonic(), 0.0)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._all_closed.wait(), wait)
+            elif not cut:
                 cut = list(self.sessions)
                 for session in cut:
                     session.cut_off()
-                # Their close hooks run on the pool: give them a moment, bounded.
-                deadline = asyncio.get_running_loop().time() + CUTOFF_WAIT
-                while any(s.busy for s in cut) and asyncio.get_running_loop().time() < deadline:
-                    await asyncio.sleep(0.01)
+            else:
+                await asyncio.sleep(0.01)  # for the close hooks, up to CUTOFF_WAIT
         log.info("stopped")
 
     def session_ended(self, session: SessionProtocol) -> None:
         self.sessions.discard(session)
         if self.shutting_down and not self.sessions and self._all_closed is not None:
             self._all_closed.set()
+
+    def admitted(self) -> None:
+        """A slot was taken: when stress began, every running deadline may be shorter now."""
+        epoch = self.app.lifecycle.stress_epoch
+        if epoch != self.stress_epoch:
+            self.stress_epoch = epoch
+            for session in self.sessions:
+                session.rearm()
 
 
 @final
@@ -173,16 +189,21 @@ class SessionProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.pump: Pump | None = None
         self.ip = ""
+        self.slot: Slot | None = None
         self.busy = False  # a hook or the TLS handshake is running: don't drive, don't read
+        self.handshaking = False  # STARTTLS: what arrives now is for after tls_started()
+        self.early: list[bytes] = []  # bytes that came with the client's TLS Finished
         self.lost = False
         self.closing = False
         self.reading = True
         self.write_paused = False
         self.peer_eof = False  # the peer closed its side: no lingering when we close
-        self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0  # when `timer` fires, on the monotonic clock
         self.task: asyncio.Task[None] | None = None  # an async hook or the TLS handshake
+        self.job: Job[HookOutcome] | None = None  # a plain hook on the pool
+        self.call: HookCall | None = None  # the hook running now
+        self.cancelling = False  # we cancel `task` ourselves (a hook timeout, a cut-off)
 
     # ------------------------------------------------------------------ asyncio callbacks
 
@@ -192,15 +213,20 @@ class SessionProtocol(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         ip, port = (str(peer[0]), int(peer[1])) if peer else ("", 0)
-        app = self.runner.app
-        reason = app.limits.admit(ip)
-        if reason is not None or self.runner.shutting_down:
-            log.info("refused [%s]:%d: %s", ip, port, reason or "shutting down")
-            transport.write(app.refusal(reason or "service shutting down"))
+        runner = self.runner
+        app = runner.app
+        slot = app.lifecycle.admit(ip)
+        if isinstance(slot, Refusal):
+            log.info("refused [%s]:%d: %s", ip, port, slot.value)
+            self.closing = True
+            transport.write(app.refusal(slot))
             transport.close()
+            self.timer = asyncio.get_running_loop().call_later(LINGER, transport.abort)
             return
         self.ip = ip
-        self.runner.sessions.add(self)
+        self.slot = slot
+        runner.sessions.add(self)
+        runner.admitted()
         try:
             version = None
             if self.implicit_tls:
@@ -217,6 +243,11 @@ class SessionProtocol(asyncio.Protocol):
         pump = self.pump
         if pump is None or self.closing:
             return  # a lingering close discards what still arrives
+        if self.handshaking:
+            # The new TLS transport delivers what came with the client's Finished before
+            # start_tls() returns: the engine must hear tls_started() first.
+            self.early.append(data)
+            return
         pump.receive_data(data)
         if not self.busy:
             self.drive()
@@ -225,7 +256,7 @@ class SessionProtocol(asyncio.Protocol):
         if self.closing:
             return False  # lingering close: the peer read our last reply; done
         self.peer_eof = True
-        if self.pump is not None:
+        if self.pump is not None and not self.handshaking:
             self.pump.receive_data(b"")
             if not self.busy:
                 self.drive()
@@ -234,6 +265,7 @@ class SessionProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.cancel_timer()
+        self.runner.app.lifecycle.release(self.slot)  # first: the client may reconnect now
         if self.pump is None:
             return
         if not self.closing:
@@ -241,16 +273,19 @@ class SessionProtocol(asyncio.Protocol):
             self.pump.connection_lost()
             if not self.busy:
                 self.drive()
-        if self.ip is not None and self in self.runner.sessions:
-            self.runner.app.limits.release(self.ip)
-            self.runner.session_ended(self)
+        self.runner.session_ended(self)
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        if self.pump is not None:
+            self.pump.clock.output_blocked()
+            self.rearm()
         self.update_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.pump is not None:
+            self.pump.clock.output_drained()
         self.update_reading()
 
     # ------------------------------------------------------------------ the pump loop
@@ -271,15 +306,7 @@ class SessionProtocol(asyncio.Protocol):
                         if not self.lost:
                             transport.write(out)
                         continue
-                    deadline = self.deadline = pump.read_deadline()
-                    # One timer per session, re-armed lazily by on_timer(); only a deadline
-                    # that moved earlier (the DATA deadline began) re-arms it here.
-                    if self.timer is None:
-                        if not self.lost:
-                            self.arm_timer(deadline)
-                    elif deadline < self.timer_at - 0.01:
-                        self.timer.cancel()
-                        self.arm_timer(deadline)
+                    self.rearm()
                     if not self.reading:
                         self.update_reading()
                     return
@@ -289,6 +316,7 @@ class SessionProtocol(asyncio.Protocol):
                 if action is START_TLS:
                     self.busy = True
                     self.update_reading()
+                    self.rearm()
                     self.task = asyncio.get_running_loop().create_task(self.start_tls())
                     return
                 if action is CLOSE:
@@ -301,41 +329,77 @@ class SessionProtocol(asyncio.Protocol):
             transport.abort()
 
     def start_hook(self, call: HookCall) -> None:
-        self.busy = True
-        self.update_reading()
-        loop = asyncio.get_running_loop()
-        if call.mode is Mode.THREAD:
-            future = loop.run_in_executor(self.runner.pool, call.fn, *call.args)
-            future.add_done_callback(functools.partial(self.hook_finished, call))
-        else:
-            self.task = loop.create_task(self.run_async_hook(call))
-
-    def hook_finished(self, call: HookCall, future: asyncio.Future[Any]) -> None:
         pump = self.pump
         assert pump is not None
-        if future.cancelled():
-            pump.hook_failed(asyncio.CancelledError(), call)
-        elif (exc := future.exception()) is not None:
-            pump.hook_failed(exc, call)
+        loop = asyncio.get_running_loop()
+        if call.mode is Mode.THREAD:
+
+            def report(ok: bool, result: HookOutcome | BaseException) -> None:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                    loop.call_soon_threadsafe(self.thread_hook_finished, call, ok, result)
+
+            self.job = self.runner.pool.submit(call.fn, call.args, report)
+            if self.job is None:
+                pump.hook_unavailable(call)
+                self.drive()
+                return
         else:
-            pump.hook_done(future.result(), call)
+            self.task = loop.create_task(self.run_async_hook(call))
+        self.call = call
+        self.busy = True
+        self.update_reading()
+        self.rearm()
+
+    def thread_hook_finished(
+        self, call: HookCall, ok: bool, result: HookOutcome | BaseException
+    ) -> None:
+        pump = self.pump
+        assert pump is not None
+        if call is not self.call:
+            return  # given up on (timed out, cut off): the pump dropped it already
+        if not ok:
+            assert isinstance(result, BaseException)
+            pump.hook_failed(result, call)
+        else:
+            assert not isinstance(result, BaseException)
+            pump.hook_done(result, call)  # type: ignore[arg-type]  # THREAD: not async
         self.resume()
 
     async def run_async_hook(self, call: HookCall) -> None:
         pump = self.pump
         assert pump is not None
         try:
-            result = await call.fn(*call.args)
-        except Exception as exc:
+            result = await cast(Awaitable[object], call.fn(*call.args))
+        except asyncio.CancelledError as exc:
+            if self.cancelling:
+                raise  # ours: a hook timeout or a cut-off, answered already
+            pump.hook_failed(exc, call)
+        except BaseException as exc:  # a hook's SystemExit is the hook's failure
             pump.hook_failed(exc, call)
         else:
-            pump.hook_done(result, call)
-        self.resume()
+            pump.hook_done(result, call)  # type: ignore[arg-type]
+        if call is self.call:
+            self.resume()
 
     def resume(self) -> None:
         self.busy = False
+        self.call = None
+        self.job = None
+        self.task = None
         if self.transport is not None:
             self.drive()
+
+    def give_up_hook(self) -> None:
+        """Stop waiting for the running hook: abandon its thread or cancel its task. Its late
+        result, if any, is dropped."""
+        if self.job is not None:
+            self.runner.pool.abandon(self.job)
+        elif self.task is not None and not self.task.done():
+            self.cancelling = True
+            self.task.cancel()
+        self.call = None
+        self.job = None
+        self.task = None
 
     async def start_tls(self) -> None:
         pump, transport = self.pump, self.transport
@@ -343,16 +407,20 @@ class SessionProtocol(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         o = self.runner.app.options
         assert o.ssl_context is not None
+        self.handshaking = True
         try:
             new = await loop.start_tls(
                 transport,
                 self,
                 o.ssl_context,
                 server_side=True,
-                ssl_handshake_timeout=o.tls_handshake_timeout,
+                ssl_handshake_timeout=self.runner.app.lifecycle.peer_timeout(
+                    o.tls_handshake_timeout
+                ),
             )
         except Exception as exc:  # a failed handshake ends only this session
             log.info("TLS handshake with [%s] failed: %s", self.ip, exc)
+            self.handshaking = False
             self.closing = True
             self.cancel_timer()
             transport.abort()
@@ -360,12 +428,19 @@ class SessionProtocol(asyncio.Protocol):
             self.busy = False
             self.finish_quietly()
             return
+        self.handshaking = False
         if new is None:  # the connection went away during the handshake
             return
         self.transport = new
         ssl_object = new.get_extra_info("ssl_object")
         pump.tls_started(ssl_object.version() if ssl_object else None)
+        early, self.early = self.early, []
+        for data in early:  # after tls_started(): the first command may ride with Finished
+            pump.receive_data(data)
+        if self.peer_eof:
+            pump.receive_data(b"")
         self.reading = True  # a fresh transport reads by default
+        self.task = None
         self.resume()
 
     def finish_quietly(self) -> None:
@@ -387,23 +462,53 @@ class SessionProtocol(asyncio.Protocol):
             else:
                 transport.pause_reading()
 
+    def rearm(self) -> None:
+        """Arm the timer at the pump's deadline, unless it is armed earlier already (then it
+        re-arms itself when it fires)."""
+        pump = self.pump
+        if pump is None or self.lost or self.closing:
+            return
+        at = pump.deadline().at
+        if self.timer is not None:
+            if at >= self.timer_at - 0.01:
+                return
+            self.timer.cancel()
+        self.arm_timer(at)
+
     def on_timer(self) -> None:
         self.timer = None
         pump = self.pump
         if pump is None or self.lost or self.closing:
             return
+        deadline = pump.deadline()
         now = time.monotonic()
-        if self.busy or now < self.deadline:
-            # A hook is deciding (no timeout then), or the peer was active since we armed.
-            self.arm_timer(now + (pump.timeout if self.busy else max(self.deadline - now, 0.05)))
+        if now < deadline.at:  # it moved on since we armed
+            self.arm_timer(deadline.at)
             return
-        out = pump.timeout_expired()
-        if self.transport is not None:
-            self.transport.write(out)
-        self.drive()
+        expiry = deadline.expiry
+        if expiry is Expiry.HOOK:
+            call = self.call
+            if call is None:  # the hook ended in this very iteration
+                return
+            self.give_up_hook()
+            pump.hook_timed_out(call)
+            self.resume()
+        elif expiry is Expiry.UNREAD or expiry is Expiry.HANDSHAKE:
+            why = "not reading our replies" if expiry is Expiry.UNREAD else "TLS handshake timeout"
+            log.info("[%s]: %s; dropped", self.ip, why)
+            if self.transport is not None:
+                self.transport.abort()  # connection_lost() ends the session
+        else:
+            out = pump.timeout_expired()
+            if self.transport is not None:
+                self.transport.write(out)
+            if not self.busy:
+                self.drive()
 
     def arm_timer(self, at: float) -> None:
         self.timer_at = at
+        if at == float("inf"):
+            return
         delay = at - time.monotonic()
         self.timer = asyncio.get_running_loop().call_later(delay, self.on_timer)
 
@@ -415,12 +520,18 @@ class SessionProtocol(asyncio.Protocol):
     def close(self) -> None:
         """Close after the last reply. If the peer is still sending (pipelined input after a
         421, say), closing at once would reset the connection and could destroy that reply in
-        flight; so half-close, discard what arrives, and close when the peer does (or soon)."""
+        flight; so half-close, discard what arrives, and close when the peer does. Whatever
+        happens, the connection is aborted `LINGER` seconds later: a peer that reads nothing
+        must not keep it (and its slot) with our output queued forever."""
         self.closing = True
         self.cancel_timer()
         transport = self.transport
         if transport is None or self.lost:
             return
+        self.timer = asyncio.get_running_loop().call_later(LINGER, transport.abort)
+        if not self.reading:  # the close (a TLS close_notify exchange) needs reading
+            self.reading = True
+            transport.resume_reading()
         if self.peer_eof or not transport.can_write_eof():
             transport.close()
             return
@@ -428,11 +539,6 @@ class SessionProtocol(asyncio.Protocol):
             transport.write_eof()
         except OSError:  # the peer is already gone
             transport.close()
-            return
-        if not self.reading:
-            self.reading = True
-            transport.resume_reading()
-        self.timer = asyncio.get_running_loop().call_later(LINGER, transport.close)
 
     # ------------------------------------------------------------------ shutdown
 
@@ -447,14 +553,15 @@ class SessionProtocol(asyncio.Protocol):
 
     def cut_off(self) -> None:
         """The grace period is over: 421, drop the connection, then run the session to its
-        end without it, so that the close hook still runs (the stuck hook's late result is
-        dropped by the pump)."""
+        end without it, so that the close hook still runs (the stuck hook is given up on)."""
         pump = self.pump
         self.cancel_timer()
         if pump is None or self.closing:
             if self.transport is not None:
                 self.transport.abort()
             return
+        if self.call is not None:
+            self.give_up_hook()
         out = pump.shutting_down()
         if not self.lost and self.transport is not None:
             self.transport.write(out)

@@ -10,19 +10,17 @@ from typing import Final, final
 from smtp_core import Config, Reply, ServerConnection, format_reply
 from smtpkit.handlers import Handler, HandlerFactory
 
+from ._lifecycle import Lifecycle, Refusal
 from ._limits import ConnectionLimits
 from ._pump import HookPlan, Pump, plan_for
 
-__all__ = ["CUTOFF_WAIT", "LINGER", "App", "ServerOptions"]
+__all__ = ["LINGER", "App", "ServerOptions"]
 
 Address = tuple[str, int]
 
 #: After the last reply, how long a half-closed connection waits for the peer's EOF before it
 #: is closed (closing at once could reset the connection and destroy that reply in flight).
 LINGER: Final = 2.0
-#: After the grace period, how long cut-off sessions may take to say 421 and run their close
-#: hooks before they are dropped.
-CUTOFF_WAIT: Final = 1.0
 
 
 @final
@@ -36,14 +34,19 @@ class ServerOptions:
     #: Implicit-TLS (SMTPS) listeners; they need `ssl_context`.
     tls_listen: tuple[Address, ...] = ()
     ssl_context: ssl.SSLContext | None = None
-    #: Idle timeout per command, in seconds (421 4.4.2 on expiry). RFC 5321 asks for 5 minutes.
+    #: Seconds a command line has from its first byte (and an idle session to send one), and
+    #: a client that does not read our replies before it is cut off (421 4.4.2 on expiry).
+    #: RFC 5321 asks for 5 minutes. Trickling bytes never extends it.
     timeout: float = 300.0
-    #: Deadline for receiving one whole message, in seconds.
+    #: Message content has this many seconds, plus one second per `min_data_rate` bytes
+    #: received (so a large message above the rate is never cut off); no pause in it may last
+    #: longer than `timeout`.
     data_timeout: float = 600.0
     #: Message content must arrive at least this fast (bytes/s), on top of `data_timeout`,
-    #: as Postfix's smtpd_min_data_rate. 0 disables it.
+    #: as Postfix's smtpd_min_data_rate. 0 makes `data_timeout` a cap on the whole message.
     min_data_rate: int = 500
-    #: A hook that runs longer gets the client 451 4.3.0; its worker thread is abandoned.
+    #: A hook that runs longer gets the client 451 4.3.0 (421 from `welcome`); a plain hook's
+    #: worker thread is abandoned and replaced (up to `workers` of them), an async one cancelled.
     hook_timeout: float = 300.0
     #: While more than 80% of the connection slots are in use (stress), every deadline is at
     #: most this many seconds, the running ones included (Postfix: smtpd_timeout under stress).
@@ -94,15 +97,21 @@ class ServerOptions:
 class App:
     """What every transport needs from the application: new sessions, admission, refusal.
 
-    Transport-neutral; one per server.
+    Transport-neutral; one per server. `lifecycle` decides admission, deadlines, stress and
+    shutdown (see `_lifecycle`); `lifecycle.active_sessions` counts the slots in use.
     """
 
     def __init__(self, factory: HandlerFactory, options: ServerOptions) -> None:
         self.factory = factory
         self.options = options
-        self.limits = ConnectionLimits(options.max_connections, options.max_per_ip)
+        self.lifecycle = Lifecycle(options)
         self._configs: dict[bool, Config] = {}  # keyed by whether the handler checks AUTH
-        self._refusals: dict[str, bytes] = {}
+        self._refusals: dict[Refusal, bytes] = {}
+
+    @property
+    def limits(self) -> ConnectionLimits:
+        """The connection counts (`limits.active`: sessions holding a slot)."""
+        return self.lifecycle.limits
 
     def handler_class(self) -> type[Handler]:
         """The handler class, without making a handler when the factory is a class."""
@@ -132,22 +141,21 @@ class App:
         handler = self.factory()
         plan = plan_for(type(handler))
         conn = ServerConnection(self.config_for(plan), peer, tls=tls, auto_accept=plan.auto_accept)
-        o = self.options
         return Pump(
             conn,
             handler,
-            timeout=o.timeout,
-            data_timeout=o.data_timeout,
-            received_header=o.received_header,
+            lifecycle=self.lifecycle,
+            received_header=self.options.received_header,
             tls_version=tls_version,
         )
 
-    def refusal(self, reason: str) -> bytes:
-        """The 421 for a client turned away by a connection limit (no session is made); made
-        once per reason, since refusals come in floods."""
+    def refusal(self, reason: Refusal) -> bytes:
+        """The 421 for a client turned away before a session is made (a connection limit, a
+        shutdown), the same on every transport and listener; made once per reason, since
+        refusals come in floods."""
         wire = self._refusals.get(reason)
         if wire is None:
-            text = f"{self.options.config.hostname} Error: {reason}"
+            text = f"{self.options.config.hostname} Error: {reason.value}"
             reply = Reply(code=421, text=(text,), enhanced="4.7.0")
             wire = format_reply(reply, enhanced=self.options.config.enhanced_status_codes)
             self._refusals[reason] = wire

@@ -6,27 +6,27 @@ Every transport runs the same loop around it:
     while True:
         action = pump.next_action()
         write(pump.data_to_send())          # always flush before waiting on anything
-        if action is NEED_DATA: read more (until pump.read_deadline()); continue
+        if action is NEED_DATA: read more (until pump.deadline()); continue
         if isinstance(action, HookCall): run it (THREAD: worker pool, ASYNC: await on the
             loop), then pump.hook_done(result) or pump.hook_failed(exc); continue
         if action is START_TLS: handshake, then pump.tls_started(version); continue
         if action is CLOSE: close the socket; stop
 
 Hooks the handler does not override, and plain hooks of a non-blocking handler, are run here
-inline, so they never cost a trip to the pool.
+inline, so they never cost a trip to the pool. Events map to hooks through one table,
+`_ROUTES`. Whatever the session waits for, `deadline()` says until when, and what to do then
+(`_lifecycle.SessionClock` holds the rules).
 """
 
 from __future__ import annotations
 
-import email.utils
 import enum
 import inspect
 import logging
 import random
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, final
+from typing import Final, final
 
 from smtp_core import (
     AuthCredentials,
@@ -36,8 +36,10 @@ from smtp_core import (
     Hello,
     LocalProtocolError,
     MailFrom,
+    MailParams,
     Message,
     Quit,
+    RcptParams,
     RcptTo,
     Reply,
     Reset,
@@ -46,15 +48,19 @@ from smtp_core import (
     StartTLS,
     State,
 )
-from smtpkit.handlers import Accept, Close, Envelope, Handler, Reject, Session
-from smtpkit.handlers._handler import HOOKS
+from smtpkit.handlers import HOOKS, Accept, Close, Envelope, Handler, HookResult, Reject, Session
+from smtpkit.handlers._trace import log_escape, received_header
+
+from ._lifecycle import Deadline, Lifecycle, SessionClock
 
 __all__ = [
     "CLOSE",
     "NEED_DATA",
     "START_TLS",
     "Action",
+    "HookArg",
     "HookCall",
+    "HookOutcome",
     "HookPlan",
     "Mode",
     "Pump",
@@ -93,14 +99,21 @@ START_TLS: Final = Wait.START_TLS
 CLOSE: Final = Wait.CLOSE
 
 
+#: What a hook is called with: names, addresses, parameters, the message.
+HookArg = str | bytes | MailParams | RcptParams
+#: What calling a hook gives: a decision (None from `reset` and `close`), or for an
+#: `async def` hook an awaitable of one.
+HookOutcome = HookResult | None | Awaitable[HookResult | None]
+
+
 @final
 @dataclass(frozen=True, slots=True)
 class HookCall:
     """Run `fn(*args)` where `mode` says, then report with `hook_done()` or `hook_failed()`."""
 
     name: str
-    fn: Callable[..., Any]
-    args: tuple[Any, ...]
+    fn: Callable[..., HookOutcome]
+    args: tuple[HookArg, ...]
     mode: Mode
 
 
@@ -147,7 +160,7 @@ def _make_plan(cls: type[Handler]) -> HookPlan:
         else:
             modes[name] = Mode.THREAD if cls.blocking else Mode.INLINE
     auto = frozenset(
-        event for event, name in _AUTO_ACCEPTABLE.items() if modes[name] is Mode.DEFAULT
+        event for event in _AUTO_ACCEPTABLE if modes[_ROUTES[event].hook or ""] is Mode.DEFAULT
     )
     return HookPlan(modes, auto)
 
@@ -159,20 +172,41 @@ def new_queue_id() -> str:
 
 _INTERNAL_ERROR: Final = Reply(code=451, text=("Error: internal server error",), enhanced="4.3.0")
 _WELCOME_ERROR: Final = Reply(code=421, text=("Error: internal server error",), enhanced="4.3.0")
-_HOOK_OF: Final[dict[type[Event], str]] = {
-    Connected: "welcome",
-    Hello: "ehlo",
-    AuthCredentials: "auth",
-    MailFrom: "mail",
-    RcptTo: "rcpt",
-    Message: "data",
-    Reset: "reset",
-    Closed: "close",
+_BUSY_TEXT: Final = ("Error: server busy, try again later",)
+_UNAVAILABLE: Final = Reply(code=451, text=_BUSY_TEXT, enhanced="4.3.0")
+_WELCOME_UNAVAILABLE: Final = Reply(code=421, text=_BUSY_TEXT, enhanced="4.3.0")
+_ACCEPT: Final = Accept()
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """What the pump does with one kind of event."""
+
+    #: The Handler hook it calls; None: the pump answers it itself (STARTTLS, QUIT).
+    hook: str | None
+    #: The event's fields passed to the hook, in order.
+    fields: tuple[str, ...] = ()
+    #: The answer when no hook runs; None when the event takes none.
+    default: HookResult | None = _ACCEPT
+    #: Work done before the hook is called, which gives its arguments instead of `fields`.
+    prepare: Callable[[Pump, Event], tuple[HookArg, ...]] | None = None
+
+
+_ROUTES: Final[Mapping[type[Event], _Route]] = {
+    Connected: _Route("welcome", prepare=lambda pump, event: pump._connected()),
+    Hello: _Route("ehlo", ("hostname",)),
+    AuthCredentials: _Route("auth", ("username", "password"), default=Reject()),
+    MailFrom: _Route("mail", ("sender", "params")),
+    RcptTo: _Route("rcpt", ("recipient", "params")),
+    Message: _Route("data", prepare=lambda pump, event: pump._message_arrived(event)),
+    StartTLS: _Route(None),
+    Quit: _Route(None, default=None),
+    Reset: _Route("reset", default=None),
+    Closed: _Route("close", default=None, prepare=lambda pump, event: pump._closed(event)),
 }
-_DEFAULTS: Final[dict[str, Any]] = {"auth": Reject()}
 # The welcome hook stays with the pump (it logs the connection), and data too (queue IDs).
-_AUTO_ACCEPTABLE: Final[dict[type[Event], str]] = {Hello: "ehlo", MailFrom: "mail", RcptTo: "rcpt"}
-_NOTIFY: Final = frozenset({"reset", "close"})
+_AUTO_ACCEPTABLE: Final = (Hello, MailFrom, RcptTo)
 
 
 @final
@@ -184,59 +218,61 @@ class Pump:
         conn: ServerConnection,
         handler: Handler,
         *,
-        timeout: float = 300.0,
-        data_timeout: float = 600.0,
+        lifecycle: Lifecycle,
         received_header: bool = True,
         tls_version: str | None = None,
         queue_id: Callable[[], str] = new_queue_id,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.conn = conn
         self.handler = handler
         self.plan = plan_for(type(handler))
         self.session = Session(conn, tls_version)
         self.envelope = Envelope(conn)
-        handler.session = self.session
-        handler.envelope = self.envelope
-        self.timeout = timeout
-        self.data_timeout = data_timeout
+        handler.bind(self.session, self.envelope)
+        self.lifecycle = lifecycle
+        #: The session's deadlines; the runner reports its output backing up to it.
+        self.clock = SessionClock(lifecycle)
         self.received_header = received_header
         self._queue_id = queue_id
-        self._clock = clock
-        self._started = clock()
-        self._message_started: float | None = None
+        self._started = lifecycle.clock()
+        self._stress = False
         self._call: HookCall | None = None
         self._event: Event | None = None
         self._over = False
-        self._out = bytearray()  # replies drained by conn.send(), not yet handed out
         self.messages = 0
         self.close_reason = ""
 
     # ------------------------------------------------------------------ the loop
 
     def receive_data(self, data: bytes | bytearray) -> None:
+        """Bytes from the peer; b"" when it closed its side. Plaintext that arrives while the
+        engine waits for the STARTTLS handshake is an injection attempt (RFC 3207 5): dropped
+        here, never fed to the engine."""
+        if data:
+            if self.conn.state is State.STARTTLS:
+                log.info("%s: %d bytes behind STARTTLS dropped", self.peer_text, len(data))
+                return
+            self.clock.received(data, content=self._reading_content())
         self.conn.receive_data(data)
 
     def data_to_send(self) -> bytes:
-        """Every reply so far, in command order (what `send()` returned, then the rest)."""
-        if self._out:
-            self._out += self.conn.data_to_send()
-            out = bytes(self._out)
-            self._out.clear()
-            return out
+        """Every reply so far, in command order: the engine's one output buffer, drained."""
         return self.conn.data_to_send()
 
     def next_action(self) -> Action:
         """What the transport must do next. Never call it while a HookCall is outstanding."""
         if self._call is not None:
             raise LocalProtocolError(f"hook {self._call.name} is still running")
+        if self._stress is not self.lifecycle.stress:
+            self._stress = self.conn.stress = self.lifecycle.stress
         while not self._over:
             event = self.conn.next_event()
             if event is Signal.NEED_DATA:
-                self._track_message_start()
+                self.clock.waiting(content=self._reading_content())
                 return NEED_DATA
             if event is Signal.PAUSED:
                 if self.conn.state is State.STARTTLS:
+                    self.clock.handshake_started()
                     return START_TLS
                 raise LocalProtocolError("engine paused with no hook running")
             action = self._dispatch(event)
@@ -244,7 +280,7 @@ class Pump:
                 return action
         return CLOSE
 
-    def hook_done(self, result: Any, call: HookCall | None = None) -> None:
+    def hook_done(self, result: HookResult | None, call: HookCall | None = None) -> None:
         """The outstanding hook returned `result` (its awaited value, for an async hook).
 
         Pass the `call` it answers: a late result of a call the session gave up on (an abort
@@ -256,38 +292,57 @@ class Pump:
             self._finish(event, result)
 
     def hook_failed(self, exc: BaseException, call: HookCall | None = None) -> None:
-        """The outstanding hook raised. The client gets 451 4.3.0; the log gets the traceback."""
+        """The outstanding hook raised (anything, SystemExit included). The client gets
+        451 4.3.0 (421 from `welcome`); the log gets one line with the traceback."""
         if call is not None and call is not self._call:
             return
         name = self._call.name if self._call else "?"
-        log.error("%s: hook %s() raised", self.peer_text, name, exc_info=exc)
-        event = self._take_call()
-        if event is not None:
-            self._finish(event, _WELCOME_ERROR if isinstance(event, Connected) else _INTERNAL_ERROR)
+        log.error("%s: hook %s() raised %r", self.peer_text, name, exc, exc_info=exc)
+        self._give_up(_INTERNAL_ERROR, _WELCOME_ERROR)
+
+    def hook_timed_out(self, call: HookCall | None = None) -> None:
+        """The outstanding hook ran past `hook_timeout`: answer 451 4.3.0 (421 from `welcome`)
+        and go on; its late result, if it ever comes, is dropped. The runner abandons it."""
+        if call is not None and call is not self._call:
+            return
+        name = self._call.name if self._call else "?"
+        log.error(
+            "%s: hook %s() still running after %gs; answered 451",
+            self.peer_text,
+            name,
+            self.lifecycle.options.hook_timeout,
+        )
+        self._give_up(_INTERNAL_ERROR, _WELCOME_ERROR)
+
+    def hook_unavailable(self, call: HookCall | None = None) -> None:
+        """The outstanding hook could not be run (every spare worker is stuck): 451 4.3.0
+        (421 from `welcome`) at once."""
+        if call is not None and call is not self._call:
+            return
+        name = self._call.name if self._call else "?"
+        log.warning("%s: no worker for hook %s(): too many stuck hooks", self.peer_text, name)
+        self._give_up(_UNAVAILABLE, _WELCOME_UNAVAILABLE)
 
     def tls_started(self, version: str | None = None) -> None:
+        """The STARTTLS handshake finished. Call it before feeding any byte that arrived over
+        TLS: the engine drops (or refuses) bytes fed while it waits for the handshake."""
         self.session.tls_version = version
         self.conn.tls_started()
+        self.clock.handshake_ended()
 
     # ------------------------------------------------------------------ timeouts, shutdown
 
     @property
     def idle(self) -> bool:
         """No transaction and no hook in flight: safe to end at shutdown."""
-        return self._call is None and self.conn.state in (
-            State.CONNECT,
-            State.REFUSED,
-            State.GREETED,
-            State.READY,
-        )
+        return self._call is None and not self.conn.in_transaction
 
-    def read_deadline(self) -> float:
-        """When the next read times out, on the pump's clock: the idle timeout per command,
-        and the DATA deadline for the message as a whole."""
-        deadline = self._clock() + self.timeout
-        if self._message_started is not None:
-            deadline = min(deadline, self._message_started + self.data_timeout)
-        return deadline
+    def deadline(self) -> Deadline:
+        """Until when the session may wait for what it waits for now (the peer's next bytes,
+        a hook, a handshake, the peer reading our output), on the lifecycle's clock, and what
+        its expiry means. Computed when asked: ask again when the timer fires (the deadline
+        may have moved on) and when `lifecycle.stress_epoch` changes."""
+        return self.clock.deadline()
 
     def timeout_expired(self) -> bytes:
         """421 4.4.2 and close: the peer was too slow."""
@@ -323,8 +378,10 @@ class Pump:
         self.close_reason = self.close_reason or reason
         self._call = None
         self._event = None
-        self._out += self.conn.abort(reply)
-        return self.data_to_send()
+        self.clock.hook_ended()
+        self.clock.handshake_ended()
+        self.conn.abort(reply)
+        return self.conn.data_to_send()
 
     # ------------------------------------------------------------------ internals
 
@@ -338,85 +395,83 @@ class Pump:
         event = self._event
         self._call = None
         self._event = None
+        self.clock.hook_ended()
         return event
 
-    def _track_message_start(self) -> None:
-        receiving = self.conn.state in (State.DATA, State.CHUNKING) or self.conn.reading_chunk
-        if not receiving:
-            self._message_started = None
-        elif self._message_started is None:
-            self._message_started = self._clock()
+    def _give_up(self, error: Reply, welcome_error: Reply) -> None:
+        """Answer the outstanding hook's event without it."""
+        event = self._take_call()
+        if event is not None:
+            self._finish(event, welcome_error if type(event) is Connected else error)
+
+    def _reading_content(self) -> bool:
+        return self.conn.reading_content
 
     def _dispatch(self, event: Event) -> HookCall | None:
-        if isinstance(event, StartTLS):
-            self._out += self.conn.send(Accept())
-            return None
-        if isinstance(event, Quit):
-            return None
-        name = _HOOK_OF[type(event)]
-        args: tuple[Any, ...]
-        if isinstance(event, Connected):
-            args = (self.session.client_ip,)
-            log.info("connect from %s", self.peer_text)
-        elif isinstance(event, Hello):
-            args = (event.hostname,)
-        elif isinstance(event, AuthCredentials):
-            args = (event.username, event.password)
-        elif isinstance(event, MailFrom):
-            args = (event.sender, event.params)
-        elif isinstance(event, RcptTo):
-            args = (event.recipient, event.params)
-        elif isinstance(event, Message):
-            self._message_started = None
-            self.envelope.queue_id = self._queue_id()
-            content = event.content
-            if self.received_header:
-                content = self._received(event) + content
-            args = (content,)
-        elif isinstance(event, Closed):
-            self.close_reason = self.close_reason or event.reason
-            args = ()
+        route = _ROUTES[type(event)]
+        if route.prepare is not None:
+            args = route.prepare(self, event)
         else:
-            args = ()
-        mode = self.plan.modes[name]
-        if mode is Mode.DEFAULT:
-            self._finish(event, _DEFAULTS.get(name, None if name in _NOTIFY else Accept()))
+            args = tuple(getattr(event, name) for name in route.fields)
+        mode = Mode.DEFAULT if route.hook is None else self.plan.modes[route.hook]
+        if mode is Mode.DEFAULT or route.hook is None:
+            self._finish(event, route.default)
             return None
-        fn = getattr(self.handler, name)
+        fn: Callable[..., HookOutcome] = getattr(self.handler, route.hook)
+        call = self._call = HookCall(route.hook, fn, args, mode)
+        self._event = event
+        self.clock.hook_started()
         if mode is Mode.INLINE:
             try:
                 result = fn(*args)
-            except Exception as exc:
-                self._call = HookCall(name, fn, args, mode)
-                self._event = event
-                self.hook_failed(exc)
+            except BaseException as exc:  # a hook's SystemExit is the hook's failure
+                self.hook_failed(exc, call)
             else:
-                self._finish(event, result)
+                self.hook_done(result, call)  # type: ignore[arg-type]  # INLINE: not async
             return None
-        self._call = HookCall(name, fn, args, mode)
-        self._event = event
-        return self._call
+        return call
 
-    def _finish(self, event: Event, result: Any) -> None:
-        if isinstance(event, Closed):
+    def _connected(self) -> tuple[HookArg, ...]:
+        log.info("connect from %s", self.peer_text)
+        return (self.session.client_ip,)
+
+    def _message_arrived(self, event: Event) -> tuple[HookArg, ...]:
+        assert type(event) is Message
+        self.envelope.queue_id = self._queue_id()
+        content = event.content
+        if self.received_header:
+            content = self._received(event) + content
+        return (content,)
+
+    def _closed(self, event: Event) -> tuple[HookArg, ...]:
+        assert type(event) is Closed
+        self.close_reason = self.close_reason or event.reason.value
+        return ()
+
+    def _finish(self, event: Event, result: HookResult | None) -> None:
+        route = _ROUTES[type(event)]
+        if type(event) is Closed:
             self._over = True
             self._log_close()
             return
-        if isinstance(event, Reset):
+        if route.default is None:  # a notification (reset): nothing to answer
             return
-        if not _valid(result, lmtp=isinstance(event, Message) and self.conn.config.lmtp):
+        try:
+            answer = self.conn.check_answer(result, event)
+        except LocalProtocolError:
             log.error(
                 "%s: hook %s() returned %r, not Accept, Reject or Close",
                 self.peer_text,
-                _HOOK_OF[type(event)],
+                route.hook,
                 result,
             )
-            result = _WELCOME_ERROR if isinstance(event, Connected) else _INTERNAL_ERROR
-        if isinstance(event, Message):
-            result = self._message_done(event, result)
-        self._out += self.conn.send(result)
+            answer = _WELCOME_ERROR if type(event) is Connected else _INTERNAL_ERROR
+        if type(event) is Message:
+            assert isinstance(event, Message)
+            answer = self._message_done(event, answer)
+        self.conn.send(answer, event)
 
-    def _message_done(self, event: Message, result: Any) -> Any:
+    def _message_done(self, event: Message, result: HookResult) -> HookResult:
         qid = self.envelope.queue_id
         if isinstance(result, Accept) and result.text is None:
             result = Accept(f"Ok: queued as {qid}")
@@ -425,7 +480,7 @@ class Pump:
         log.info(
             "%s: from=<%s> nrcpt=%d size=%d peer=%s decision=%s",
             qid,
-            event.sender,
+            log_escape(event.sender),
             len(event.recipients),
             len(event.content),
             self.peer_text,
@@ -434,22 +489,9 @@ class Pump:
         return result
 
     def _received(self, event: Message) -> bytes:
-        conn = self.conn
-        proto = "LMTP" if conn.config.lmtp else ("ESMTP" if conn.esmtp else "SMTP")
-        if conn.tls_active:
-            proto += "S"
-        if conn.authenticated_user is not None:
-            proto += "A"
-        ip = self.session.client_ip
-        literal = f"IPv6:{ip}" if ":" in ip else ip
-        tls = f"\r\n\t(using {self.session.tls_version})" if self.session.tls_version else ""
-        rcpt = f"\r\n\tfor <{event.recipients[0]}>" if len(event.recipients) == 1 else ""
-        header = (
-            f"Received: from {conn.helo_name or 'unknown'} ([{literal}])"
-            f"\r\n\tby {conn.config.hostname} (smtpkit) with {proto} id {self.envelope.queue_id}"
-            f"{tls}{rcpt}; {email.utils.formatdate(localtime=True)}\r\n"
+        return received_header(
+            self.session, event, hostname=self.conn.config.hostname, queue_id=self.envelope.queue_id
         )
-        return header.encode("utf-8", errors="replace")
 
     @property
     def peer_text(self) -> str:
@@ -465,21 +507,11 @@ class Pump:
             self.peer_text,
             self.close_reason,
             self.messages,
-            self._clock() - self._started,
+            self.lifecycle.clock() - self._started,
         )
 
 
-def _valid(result: Any, *, lmtp: bool) -> bool:
-    if isinstance(result, (Accept, Reject, Close, Reply)):
-        return True
-    return (
-        lmtp
-        and isinstance(result, Mapping)
-        and all(isinstance(v, (Accept, Reject, Close, Reply)) for v in result.values())
-    )
-
-
-def _describe(result: Any) -> str:
+def _describe(result: HookResult) -> str:
     if isinstance(result, Accept):
         return "accepted"
     if isinstance(result, Reject):

@@ -19,7 +19,9 @@ from typing import ClassVar, final
 
 from smtpkit.handlers import HandlerFactory
 
+from ._limits import raise_open_file_limit
 from ._listen import Address, bind, drop_privileges
+from ._logging import log_to_stderr
 from ._options import App, ServerOptions
 
 __all__ = ["TRANSPORTS", "Runner", "Server", "serve"]
@@ -114,6 +116,12 @@ class Server:
         """The port of the first listener, once started (the one the OS picked for port 0)."""
         return self._first_address()[1]
 
+    @property
+    def active_sessions(self) -> int:
+        """Connections holding a slot now (admitted and not yet closed): 0 once every client
+        is gone. Read it from any thread."""
+        return self.app.lifecycle.active_sessions
+
     def _first_address(self) -> Address:
         addresses = self.addresses or self.tls_addresses
         if not addresses:
@@ -122,6 +130,7 @@ class Server:
 
     def _bind(self) -> tuple[list[socket.socket], list[socket.socket]]:
         o = self.options
+        raise_open_file_limit(o.max_connections, o.workers)
         plain = bind(o.listen, reuse_port=o.reuse_port)
         try:
             secure = bind(o.tls_listen, reuse_port=o.reuse_port)
@@ -199,5 +208,14 @@ def serve(
     transport: str = "asyncio",
     user: str | None = None,
 ) -> None:
-    """Run an SMTP server in the foreground until SIGTERM or SIGINT."""
-    Server(handler_factory, options, transport=transport, user=user).serve_forever()
+    """Run an SMTP server in the foreground until SIGTERM or SIGINT.
+
+    When the application has configured no logging for `smtpkit`, its lines go to stderr
+    through a bounded queue (`log_to_stderr()`), so a slow stderr never stalls serving."""
+    server = Server(handler_factory, options, transport=transport, user=user)
+    channel = None if log.hasHandlers() else log_to_stderr()
+    try:
+        server.serve_forever()
+    finally:
+        if channel is not None:
+            channel.close()

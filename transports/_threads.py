@@ -8,7 +8,8 @@ ever watches raw sockets and there is no hidden buffer inside an `SSLSocket` to 
 
 Per connection: a write buffer (EVENT_WRITE is asked for only while it holds bytes), no reads
 while a hook runs or while the buffer is past `_HIGH_WATER` (so a pipelined flood stays
-bounded), and one deadline, checked by a sweep that runs when the nearest deadline is due.
+bounded), and one deadline (the pump's, see `_lifecycle`), checked by a sweep that runs when
+the nearest deadline is due, and over every connection when stress begins.
 After the last reply the socket is half-closed and lingers until the peer's EOF, so that
 closing never resets a connection whose last reply is still in flight.
 Async hooks need an event loop; `check()` refuses them before the server binds.
@@ -26,12 +27,13 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Final, final
+from typing import Final, final
 
-from ._options import CUTOFF_WAIT, LINGER, App
-from ._pump import CLOSE, NEED_DATA, START_TLS, HookCall, Mode, Pump, plan_for
+from ._lifecycle import Expiry, Phase, Refusal, Slot
+from ._options import LINGER, App
+from ._pump import CLOSE, NEED_DATA, START_TLS, HookCall, HookOutcome, Mode, Pump, plan_for
 from ._server import Runner
+from ._workers import Job, WorkerPool
 
 __all__ = ["ThreadsRunner"]
 
@@ -98,11 +100,14 @@ class _Conn:
         "dead",
         "deadline",
         "eof",
+        "job",
         "mask",
         "out",
         "peer",
         "phase",
         "pump",
+        "refusal",
+        "slot",
         "sock",
         "started",
         "ticket",
@@ -112,9 +117,13 @@ class _Conn:
     #: Set once the session exists: at accept, or after the handshake on an SMTPS listener.
     pump: Pump
 
-    def __init__(self, sock: socket.socket, peer: tuple[str, int]) -> None:
+    def __init__(self, sock: socket.socket, peer: tuple[str, int], slot: Slot | None) -> None:
         self.sock = sock
         self.peer = peer
+        #: The connection's place in the limits; None for a refused one (SMTPS: it gets its
+        #: 421 after the handshake, like on every other transport).
+        self.slot = slot
+        self.refusal = b""
         self.started = False
         self.phase = _RUN
         #: A hook is running on the pool.
@@ -130,6 +139,7 @@ class _Conn:
         self.deadline = _NEVER
         #: Numbers the hook calls, so that a late result of an aborted hook is dropped.
         self.ticket = 0
+        self.job: Job[HookOutcome] | None = None
         self.tls: _TLS | None = None
 
     def __repr__(self) -> str:
@@ -156,6 +166,8 @@ class ThreadsRunner(Runner):
     def __init__(self, app: App) -> None:
         super().__init__(app)
         o = app.options
+        self._lifecycle = app.lifecycle
+        self._stress_epoch = 0
         self._ssl_context = o.ssl_context
         self._handshake_timeout = o.tls_handshake_timeout
         self._close_flush = min(_CLOSE_FLUSH, o.timeout)
@@ -166,16 +178,16 @@ class ThreadsRunner(Runner):
         self._wake_w.setblocking(False)
         self._stopping = False
         self._wake_pending = False
-        self._done: collections.deque[tuple[_Conn, int, bool, Any]] = collections.deque()
+        self._done: collections.deque[tuple[_Conn, int, bool, HookOutcome | BaseException]] = (
+            collections.deque()
+        )
         self._conns: set[_Conn] = set()
         self._listeners: list[_Listener] = []
         self._sel: selectors.BaseSelector = selectors.DefaultSelector()
-        self._executor: ThreadPoolExecutor | None = None
+        self._pool = WorkerPool(o.workers)
         self._next_sweep = _NEVER
         self._accept_paused_until = 0.0
         self._shutting_down = False
-        self._grace_deadline = _NEVER
-        self._cut = False
 
     # ------------------------------------------------------------------ Runner
 
@@ -192,9 +204,6 @@ class ThreadsRunner(Runner):
     ) -> None:
         self._listeners = [_Listener(s, False) for s in listeners]
         self._listeners += [_Listener(s, True) for s in tls_listeners]
-        self._executor = ThreadPoolExecutor(
-            max_workers=self.app.options.workers, thread_name_prefix="smtpkit-worker"
-        )
         try:
             self._sel.register(self._wake_r, _READ, _WAKE)
             for listener in self._listeners:
@@ -210,8 +219,9 @@ class ThreadsRunner(Runner):
         select = self._sel.select
         monotonic = time.monotonic
         conn_type = _Conn
+        lifecycle = self._lifecycle
         while True:
-            wait = min(self._next_sweep, self._grace_deadline) - monotonic()
+            wait = min(self._next_sweep, lifecycle.phase_ends) - monotonic()
             for key, events in select(min(wait, _MAX_WAIT) if wait > 0 else 0):
                 obj = key.data
                 if obj.__class__ is conn_type:
@@ -229,19 +239,20 @@ class ThreadsRunner(Runner):
                 else:
                     self._accept(obj)
             now = monotonic()
+            if lifecycle.stress_epoch != self._stress_epoch:
+                self._stress_epoch = lifecycle.stress_epoch
+                self._next_sweep = now  # stress shortens the deadlines already running
             if now >= self._next_sweep:
                 self._sweep(now)
             if self._stopping:
                 if not self._shutting_down:
-                    self._begin_shutdown(now)
-                if not self._conns:
-                    return
-                if now >= self._grace_deadline:
-                    if self._cut:
-                        return  # close hooks still queued behind stuck ones are abandoned
+                    self._begin_shutdown()
+                before = lifecycle.phase
+                phase = lifecycle.advance(len(self._conns))
+                if phase is Phase.STOPPED:
+                    return  # close hooks still queued behind stuck ones are abandoned
+                if phase is Phase.CUTTING_OFF and before is Phase.DRAINING:
                     self._cut_off()
-                    self._cut = True
-                    self._grace_deadline = now + CUTOFF_WAIT
 
     def _on_wake(self) -> None:
         # Drain the bytes, then clear the flag, then drain the results: a result appended after
@@ -260,11 +271,14 @@ class ThreadsRunner(Runner):
             if c.closed or not c.busy or ticket != c.ticket:
                 continue  # the session was aborted or closed while the hook ran
             c.busy = False
+            c.job = None
             try:
-                if ok:
-                    c.pump.hook_done(result)
-                else:
+                if not ok:
+                    assert isinstance(result, BaseException)
                     c.pump.hook_failed(result)
+                else:
+                    assert not isinstance(result, BaseException)
+                    c.pump.hook_done(result)  # type: ignore[arg-type]  # THREAD: not async
                 if c.dead and not c.eof:
                     c.eof = True
                     c.pump.connection_lost()
@@ -279,18 +293,18 @@ class ThreadsRunner(Runner):
         except OSError:  # full (a wake-up is pending anyway) or closed (run() is over)
             pass
 
-    def _work(self, c: _Conn, ticket: int, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        """On a worker thread: run one hook and hand the outcome to the I/O thread."""
-        try:
-            result: Any = fn(*args)
-            ok = True
-        except BaseException as exc:
-            result = exc
-            ok = False
-        self._done.append((c, ticket, ok, result))
-        if not self._wake_pending:
-            self._wake_pending = True
-            self._wake()
+    def _reporter(self, c: _Conn) -> Callable[[bool, HookOutcome | BaseException], None]:
+        """What a worker calls with the outcome of `c`'s current hook: it hands it to the I/O
+        thread."""
+        ticket = c.ticket
+
+        def report(ok: bool, result: HookOutcome | BaseException) -> None:
+            self._done.append((c, ticket, ok, result))
+            if not self._wake_pending:
+                self._wake_pending = True
+                self._wake()
+
+        return report
 
     # ------------------------------------------------------------------ accepting
 
@@ -312,25 +326,29 @@ class ThreadsRunner(Runner):
             self._admit(sock, (addr[0], addr[1]), listener.tls)
 
     def _admit(self, sock: socket.socket, peer: tuple[str, int], tls: bool) -> None:
-        reason = self.app.limits.admit(peer[0])
-        if reason is not None:
-            log.info("refused connection from [%s]:%d: %s", peer[0], peer[1], reason)
-            refusal = self.app.refusal(reason)
-            try:
-                if not tls:
+        slot = self._lifecycle.admit(peer[0])
+        if isinstance(slot, Refusal):
+            log.info("refused connection from [%s]:%d: %s", peer[0], peer[1], slot.value)
+            refusal = self.app.refusal(slot)
+            if not tls:
+                try:  # noqa: SIM105
                     sock.send(refusal, socket.MSG_DONTWAIT)
-            except OSError:
-                pass
-            sock.close()
-            return
-        c = _Conn(sock, peer)
+                except OSError:
+                    pass
+                sock.close()
+                return
+            c = _Conn(sock, peer, None)  # SMTPS: the 421 goes out after the handshake
+            c.refusal = refusal
+        else:
+            c = _Conn(sock, peer, slot)
         self._conns.add(c)
         try:
             sock.setblocking(False)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if tls:
-                self._set_deadline(c, time.monotonic() + self._handshake_timeout)
+                handshake = self._lifecycle.peer_timeout(self._handshake_timeout)
+                self._set_deadline(c, time.monotonic() + handshake)
                 self._start_tls(c)
             else:
                 c.pump = self.app.new_session(peer)
@@ -372,19 +390,19 @@ class ThreadsRunner(Runner):
                 if self._shutting_down and pump.idle:
                     self._send(c, pump.shutting_down())
                     continue
-                deadline = c.deadline = pump.read_deadline()
-                if deadline < self._next_sweep:
-                    self._next_sweep = deadline
+                self._set_deadline(c, pump.deadline().at)
                 break
             if isinstance(action, HookCall):
                 if action.mode is not Mode.THREAD:
                     pump.hook_failed(RuntimeError(f"{action.name}() can't run on threads"))
                     continue
-                assert self._executor is not None
-                c.busy = True
-                c.deadline = _NEVER
                 c.ticket += 1
-                self._executor.submit(self._work, c, c.ticket, action.fn, action.args)
+                c.job = self._pool.submit(action.fn, action.args, self._reporter(c))
+                if c.job is None:
+                    pump.hook_unavailable(action)
+                    continue
+                c.busy = True
+                self._set_deadline(c, pump.deadline().at)
                 break
             if action is START_TLS:
                 if c.dead:
@@ -392,7 +410,7 @@ class ThreadsRunner(Runner):
                     pump.connection_lost()
                     continue
                 c.phase = _TLS_PENDING
-                self._set_deadline(c, time.monotonic() + self._handshake_timeout)
+                self._set_deadline(c, pump.deadline().at)
                 if not c.out:
                     self._start_tls(c)
                     return
@@ -487,6 +505,8 @@ class ThreadsRunner(Runner):
             return
         del out[:sent]
         if not out:
+            if c.started:
+                c.pump.clock.output_drained()
             if c.phase == _CLOSING:
                 self._linger(c)
                 return
@@ -523,11 +543,15 @@ class ThreadsRunner(Runner):
             return
         if sent < len(data):
             out += memoryview(data)[sent:]
+            if c.started:
+                c.pump.clock.output_blocked()
 
     def _lost(self, c: _Conn) -> None:
         """The socket broke: nothing more can be sent. End the session (the close hook runs)."""
         c.dead = True
         c.out.clear()
+        if c.started:
+            c.pump.clock.output_drained()
         if c.busy:
             self._update(c)  # the hook's completion drives the session to its end
         elif c.phase == _RUN:
@@ -571,6 +595,15 @@ class ThreadsRunner(Runner):
             return
         c.phase = _RUN
         version = tls.obj.version()
+        if c.refusal:  # refused at accept (SMTPS): now the 421 can be said
+            self._send(c, c.refusal)
+            c.phase = _CLOSING
+            if not c.out or c.dead:
+                self._linger(c)
+            else:
+                self._set_deadline(c, time.monotonic() + self._close_flush)
+                self._update(c)
+            return
         if c.started:
             c.pump.tls_started(version)
         else:
@@ -623,6 +656,8 @@ class ThreadsRunner(Runner):
     def _sweep(self, now: float) -> None:
         nearest = _NEVER
         for c in list(self._conns):
+            if c.started and c.phase in (_RUN, _TLS_PENDING, _HANDSHAKE) and not c.closed:
+                c.deadline = c.pump.deadline().at  # it moves on, or stress moved it in
             deadline = c.deadline
             if deadline <= now:
                 try:
@@ -642,21 +677,35 @@ class ThreadsRunner(Runner):
         self._next_sweep = max(nearest, now + self._slack)
 
     def _expire(self, c: _Conn) -> None:
-        if c.busy:  # no timeout while a hook runs
-            c.deadline = _NEVER
-        elif c.phase == _RUN:
+        if c.phase == _CLOSING or c.phase == _LINGER or not c.started:
+            if c.phase == _HANDSHAKE:
+                self._tls_failed(c, "timeout")
+            else:
+                self._close(c)
+            return
+        expiry = c.pump.deadline().expiry
+        if expiry is Expiry.HOOK:
+            if c.job is not None:
+                self._pool.abandon(c.job)
+            c.job = None
+            c.busy = False
+            c.ticket += 1  # its late result is dropped
+            c.pump.hook_timed_out()
+            self._drive(c)
+        elif expiry is Expiry.UNREAD:
+            log.info("%r: not reading our replies; dropped", c)
+            self._lost(c)
+        elif expiry is Expiry.HANDSHAKE or c.phase != _RUN:
+            self._tls_failed(c, "timeout")
+        else:
             self._send(c, c.pump.timeout_expired())
             self._drive(c)
-        elif c.phase == _CLOSING or c.phase == _LINGER:
-            self._close(c)
-        else:
-            self._tls_failed(c, "timeout")
 
     # ------------------------------------------------------------------ shutdown
 
-    def _begin_shutdown(self, now: float) -> None:
+    def _begin_shutdown(self) -> None:
         self._shutting_down = True
-        self._grace_deadline = now + self.app.options.grace_period
+        self._lifecycle.begin_shutdown()
         self._accept_paused_until = 0.0
         self._close_listeners()
         for c in list(self._conns):
@@ -674,11 +723,13 @@ class ThreadsRunner(Runner):
         """The grace period is over: 421 and drop every connection, then run each session to
         its end without it, so that its close hook still runs (on the pool, for up to
         `CUTOFF_WAIT`). The late result of a stuck hook is dropped."""
-        log.warning("grace period over; cutting off %d sessions", len(self._conns))
         for c in list(self._conns):
             if c.closed:
                 continue
             session = c.started and c.phase != _CLOSING and c.phase != _LINGER
+            if c.job is not None:
+                self._pool.abandon(c.job)  # a stuck hook must not keep the close hook waiting
+                c.job = None
             try:
                 if session:
                     bye = c.pump.shutting_down()  # also forgets a running hook
@@ -696,6 +747,7 @@ class ThreadsRunner(Runner):
                 continue
             c.phase = _RUN
             c.busy = False
+            c.ticket += 1
             c.dead = c.eof = True
             c.out.clear()
             with contextlib.suppress(OSError):
@@ -733,9 +785,8 @@ class ThreadsRunner(Runner):
         self._sel.close()
         self._wake_r.close()
         self._wake_w.close()
-        if self._executor is not None:
-            # Hooks still running (stuck past the grace period) are not waited for.
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        # Hooks still running (stuck past the grace period) are not waited for: daemons.
+        self._pool.shutdown()
 
     # ------------------------------------------------------------------ closing
 
@@ -744,7 +795,7 @@ class ThreadsRunner(Runner):
             return
         c.closed = True
         self._conns.discard(c)
-        self.app.limits.release(c.peer[0])
+        self._lifecycle.release(c.slot)
         try:
             if c.mask:
                 c.mask = 0

@@ -65,7 +65,6 @@ def hold(*types: type[Event], policy: Policy = accept_all) -> Policy:
 def drain(conn: ServerConnection, policy: Policy = accept_all) -> tuple[list[Event], bytes]:
     """Pull events until NEED_DATA, PAUSED or Closed, answering decisions with `policy`."""
     events: list[Event] = []
-    out = bytearray()
     while True:
         event = conn.next_event()
         if event is NEED_DATA or event is PAUSED:
@@ -76,11 +75,16 @@ def drain(conn: ServerConnection, policy: Policy = accept_all) -> tuple[list[Eve
             answer = policy(event)
             if answer is None:
                 break
-            out += conn.send(answer)
+            conn.send(answer)
         if isinstance(event, Closed):
             break
-    out += conn.data_to_send()
-    return events, bytes(out)
+    return events, conn.data_to_send()
+
+
+def send_and_get(conn: ServerConnection, answer: Answer) -> bytes:
+    """Answer the pending event, then drain the output buffer: the replies so far."""
+    conn.send(answer)
+    return conn.data_to_send()
 
 
 def receive_and_get(
@@ -131,6 +135,7 @@ def connect(
     event = conn.next_event()
     assert isinstance(event, Connected)
     conn.send(greet)
+    conn.data_to_send()
     return conn
 
 

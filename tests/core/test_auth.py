@@ -6,13 +6,14 @@ import base64
 import dataclasses
 
 import pytest
-from helpers import FEEDERS, FULL, codes, connect, receive_and_get, reject, session
+from helpers import FEEDERS, FULL, codes, connect, receive_and_get, reject, send_and_get, session
 
 from smtp_core import (
     PAUSED,
     AuthCredentials,
     Close,
     Closed,
+    CloseReason,
     Config,
     MailFrom,
     Reject,
@@ -102,7 +103,7 @@ def test_auth_pauses_pipelined_commands_until_decided() -> None:
     assert conn.next_event() == ALICE
     assert conn.next_event() is PAUSED
     assert conn.data_to_send() == b""
-    assert conn.send(Reject()) == b"535 5.7.8 Error: authentication failed\r\n"
+    assert send_and_get(conn, Reject()) == b"535 5.7.8 Error: authentication failed\r\n"
     assert conn.authenticated_user is None
     assert isinstance(conn.next_event(), MailFrom)
 
@@ -132,14 +133,14 @@ def test_failures_are_capped() -> None:
         b"535 5.7.8 Error: authentication failed\r\n" * 2
         + b"421 4.7.0 Error: too many failed authentication attempts\r\n"
     )
-    assert events[-1] == Closed(reason="auth")
+    assert events[-1] == Closed(reason=CloseReason.AUTH)
 
 
 def test_close_answer() -> None:
     conn = session()
     events, wire = receive_and_get(conn, PLAIN_IR, reject(AuthCredentials, answer=Close()))
     assert wire == b"421 4.7.0 mx.example.org Error: closing connection\r\n"
-    assert events[-1] == Closed(reason="refused")
+    assert events[-1] == Closed(reason=CloseReason.REFUSED)
 
 
 @pytest.mark.parametrize(
@@ -320,5 +321,5 @@ def test_auth_over_implicit_tls() -> None:
 def test_eof_during_exchange() -> None:
     conn = session()
     receive_and_get(conn, b"AUTH LOGIN\r\n")
-    assert receive_and_get(conn, b"") == ([Closed(reason="eof")], b"")
-    assert conn.next_event() == Closed(reason="eof")
+    assert receive_and_get(conn, b"") == ([Closed(reason=CloseReason.EOF)], b"")
+    assert conn.next_event() == Closed(reason=CloseReason.EOF)

@@ -9,6 +9,7 @@ from helpers import ENVELOPE, FEEDERS, FULL, codes, receive_and_get, reject, ses
 
 from smtp_core import (
     Closed,
+    CloseReason,
     Config,
     MailParams,
     Message,
@@ -195,7 +196,7 @@ def test_eof_in_the_middle_of_a_chunk() -> None:
     conn = in_transaction()
     receive_and_get(conn, b"BDAT 10 LAST\r\nabc")
     events, _ = receive_and_get(conn, b"")
-    assert events == [Closed(reason="eof")]
+    assert events == [Closed(reason=CloseReason.EOF)]
 
 
 @pytest.mark.parametrize("digits", [21, 5000])

@@ -21,6 +21,7 @@ from smtp_core import (
     Accept,
     Close,
     Closed,
+    CloseReason,
     Config,
     Connected,
     Hello,
@@ -177,7 +178,7 @@ def test_hello_close() -> None:
     conn = connect()
     events, wire = receive_and_get(conn, b"EHLO c\r\nNOOP\r\n", reject(Hello, answer=Close()))
     assert wire == b"421 4.7.0 mx.example.org Error: closing connection\r\n"
-    assert events[-1] == Closed(reason="refused")
+    assert events[-1] == Closed(reason=CloseReason.REFUSED)
 
 
 def test_ehlo_resets_the_transaction() -> None:
@@ -303,7 +304,7 @@ def test_close_answer_to_mail_and_rcpt(event_type: type) -> None:
     conn = session()
     events, wire = receive_and_get(conn, ENVELOPE, reject(event_type, answer=Close()))
     assert wire.endswith(b"421 4.7.0 mx.example.org Error: closing connection\r\n")
-    assert events[-1] == Closed(reason="refused")
+    assert events[-1] == Closed(reason=CloseReason.REFUSED)
 
 
 # ---------------------------------------------------------------- DATA
@@ -369,10 +370,51 @@ def test_noop(line: bytes) -> None:
     assert conn.state is State.RCPT
 
 
-def test_help_lists_the_commands() -> None:
-    _, wire = receive_and_get(connect(), b"HELP\r\nHELP MAIL\r\n")
-    text = b"214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP HELP VRFY EXPN QUIT"
-    assert wire == (text + b" STARTTLS AUTH\r\n") * 2
+HELP_BASE = "HELO EHLO MAIL RCPT DATA BDAT RSET NOOP HELP VRFY QUIT"
+
+
+def help_commands(wire: bytes) -> str:
+    [(code, [text])] = replies(wire)
+    assert code == 214
+    return text.removeprefix("2.0.0 Commands: ")
+
+
+@pytest.mark.parametrize("feed", FEEDERS)
+def test_help_lists_the_commands(feed: str) -> None:
+    _, wire = FEEDERS[feed](connect(), b"HELP\r\nHELP MAIL\r\n")
+    text = b"214 2.0.0 Commands: " + HELP_BASE.encode() + b" STARTTLS AUTH\r\n"
+    assert wire == text * 2
+
+
+@pytest.mark.parametrize(
+    ("config", "tls", "listed"),
+    [
+        (FULL, False, HELP_BASE + " STARTTLS AUTH"),
+        # Inside TLS, STARTTLS is no longer offered.
+        (FULL, True, HELP_BASE + " AUTH"),
+        (Config(), False, HELP_BASE),
+        # AUTH needs TLS unless plaintext is allowed: before STARTTLS only STARTTLS is listed.
+        (Config(tls_available=True, auth_mechanisms=("PLAIN",)), False, HELP_BASE + " STARTTLS"),
+        (Config(tls_available=True, auth_mechanisms=("PLAIN",)), True, HELP_BASE + " AUTH"),
+        (Config(auth_mechanisms=("PLAIN",)), True, HELP_BASE + " AUTH"),
+        (Config(chunking=False), False, HELP_BASE.replace(" BDAT", "")),
+    ],
+    ids=["full", "full-tls", "plain", "auth-before-tls", "auth-in-tls", "smtps", "no-chunking"],
+)
+def test_help_lists_only_what_is_offered_now(config: Config, tls: bool, listed: str) -> None:
+    _, wire = receive_and_get(connect(config, tls=tls), b"HELP\r\n")
+    assert help_commands(wire) == listed
+
+
+def test_help_drops_starttls_after_the_handshake() -> None:
+    conn = session(Config(tls_available=True, auth_mechanisms=("LOGIN",)))
+    _, wire = receive_and_get(conn, b"HELP\r\nSTARTTLS\r\n")
+    assert help_commands(wire.removesuffix(b"220 2.0.0 Ready to start TLS\r\n")).endswith(
+        "QUIT STARTTLS"
+    )
+    conn.tls_started()
+    _, wire = receive_and_get(conn, b"HELP\r\n")
+    assert help_commands(wire) == HELP_BASE + " AUTH"
 
 
 def test_help_in_lmtp_lists_lhlo() -> None:
@@ -400,16 +442,16 @@ def test_expn_is_502() -> None:
 def test_quit_ignores_everything_after_it(feed: str) -> None:
     conn = session()
     events, wire = FEEDERS[feed](conn, b"QUIT\r\nNOOP\r\n")
-    assert events == [Quit(), Closed(reason="quit")]
+    assert events == [Quit(), Closed(reason=CloseReason.QUIT)]
     assert wire == b"221 2.0.0 Bye\r\n"
     assert conn.state is State.CLOSED
-    assert conn.next_event() == Closed(reason="quit")
+    assert conn.next_event() == Closed(reason=CloseReason.QUIT)
 
 
 def test_quit_sent_before_the_greeting_is_answered_after_it() -> None:
     conn = ServerConnection(FULL)
     events, wire = receive_and_get(conn, b"quit\r\n")
-    assert events == [Connected(peer=None), Quit(), Closed(reason="quit")]
+    assert events == [Connected(peer=None), Quit(), Closed(reason=CloseReason.QUIT)]
     assert wire == b"220 mx.example.org ESMTP smtpkit\r\n221 2.0.0 Bye\r\n"
 
 
@@ -447,7 +489,7 @@ def test_http_commands_end_the_session(line: bytes, after_ehlo: bool) -> None:
     conn = session() if after_ehlo else connect()
     events, wire = receive_and_get(conn, line + b"\r\nHost: mx.example.org\r\n\r\n")
     assert wire == b"221 2.7.0 Error: I can break rules, too. Goodbye.\r\n"
-    assert events == [Closed(reason="forbidden")]
+    assert events == [Closed(reason=CloseReason.FORBIDDEN)]
 
 
 def test_forbidden_commands_are_configurable() -> None:

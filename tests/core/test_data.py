@@ -19,6 +19,7 @@ from helpers import (
 from smtp_core import (
     Close,
     Closed,
+    CloseReason,
     Config,
     MailFrom,
     MailParams,
@@ -242,7 +243,7 @@ def test_close_answer_to_message() -> None:
     conn = in_data()
     events, wire = receive_and_get(conn, b"x\r\n.\r\nNOOP\r\n", reject(Message, answer=Close()))
     assert wire == b"421 4.7.0 mx.example.org Error: closing connection\r\n"
-    assert events[-1] == Closed(reason="refused")
+    assert events[-1] == Closed(reason=CloseReason.REFUSED)
 
 
 @pytest.mark.parametrize("text", [b"", b"partial", b"partial\r\n", b"partial\r\n."])
@@ -251,6 +252,6 @@ def test_eof_during_data_closes_without_a_message(text: bytes) -> None:
     if text:
         receive_and_get(conn, text)
     events, wire = receive_and_get(conn, b"")
-    assert events == [Closed(reason="eof")]
+    assert events == [Closed(reason=CloseReason.EOF)]
     assert wire == b""
     assert conn.state is State.CLOSED

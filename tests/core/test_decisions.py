@@ -4,7 +4,7 @@ replies (RFC 2033)."""
 from __future__ import annotations
 
 import pytest
-from helpers import ENVELOPE, FULL, codes, connect, hold, receive_and_get, session
+from helpers import ENVELOPE, FULL, codes, connect, hold, receive_and_get, send_and_get, session
 
 from smtp_core import (
     NEED_DATA,
@@ -12,6 +12,7 @@ from smtp_core import (
     Accept,
     Close,
     Closed,
+    CloseReason,
     Config,
     Connected,
     Hello,
@@ -19,6 +20,7 @@ from smtp_core import (
     MailFrom,
     MailParams,
     Message,
+    Outcome,
     ProtocolError,
     Quit,
     RcptParams,
@@ -30,6 +32,7 @@ from smtp_core import (
     ServerConnection,
     StartTLS,
     State,
+    outcome_of,
 )
 
 LMTP = Config(hostname="lmtp.example.org", lmtp=True)
@@ -65,9 +68,108 @@ def test_bad_answer_is_a_local_error_and_the_event_stays_pending(bad: object) ->
         conn.send(bad)  # type: ignore[arg-type]
     assert conn.data_to_send() == b""
     assert conn.next_event() is PAUSED
-    assert conn.send(Accept()) == b"250 2.1.0 Ok\r\n"
+    assert send_and_get(conn, Accept()) == b"250 2.1.0 Ok\r\n"
     assert conn.next_event() is NEED_DATA
     assert conn.data_to_send() == b"250 2.0.0 Ok\r\n"
+
+
+def test_answering_the_wrong_event_is_a_local_error_and_changes_nothing() -> None:
+    conn = session()
+    conn.receive_data(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n")
+    mail = conn.next_event()
+    assert isinstance(mail, MailFrom)
+    stale = Hello(hostname="c.example", extended=True)
+    with pytest.raises(LocalProtocolError, match="not the event awaiting"):
+        conn.send(Accept(), stale)
+    assert (conn.next_event(), conn.data_to_send(), conn.state) == (PAUSED, b"", State.READY)
+    conn.send(Accept(), mail)
+    rcpt = conn.next_event()
+    assert isinstance(rcpt, RcptTo)
+    # The answered MailFrom is not the pending event any more: a late answer to it fails.
+    with pytest.raises(LocalProtocolError):
+        conn.send(Reject(), mail)
+    conn.send(Accept(), rcpt)
+    assert conn.data_to_send() == b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"
+
+
+def test_answering_an_event_twice_is_a_local_error() -> None:
+    conn = session()
+    conn.receive_data(b"MAIL FROM:<a@example.org>\r\n")
+    mail = conn.next_event()
+    assert isinstance(mail, MailFrom)
+    conn.send(Accept(), mail)
+    with pytest.raises(LocalProtocolError, match="answered twice"):
+        conn.send(Accept(), mail)
+    assert conn.data_to_send() == b"250 2.1.0 Ok\r\n"
+    assert conn.state is State.MAIL
+
+
+@pytest.mark.parametrize("bad", ["yes", None, {"a@example.org": Accept()}])
+def test_check_answer_vets_without_answering(bad: object) -> None:
+    conn = session()
+    conn.receive_data(b"MAIL FROM:<a@example.org>\r\n")
+    event = conn.next_event()
+    with pytest.raises(LocalProtocolError):
+        conn.check_answer(bad)
+    conn.check_answer(Accept(), event)
+    conn.check_answer(Reply(code=250))
+    assert (conn.next_event(), conn.data_to_send()) == (PAUSED, b"")
+    conn.send(Accept())
+    with pytest.raises(LocalProtocolError):
+        conn.check_answer(Accept())
+
+
+def test_send_returns_nothing_and_replies_wait_in_the_one_buffer() -> None:
+    """One output path: the NOOP answered by the engine and the MAIL answered by the
+    application leave in command order, from data_to_send() only."""
+    conn = session()
+    conn.receive_data(b"NOOP\r\nMAIL FROM:<a@example.org>\r\nNOOP\r\n")
+    assert isinstance(conn.next_event(), MailFrom)
+    assert conn.send(Reject(451)) is None  # type: ignore[func-returns-value]
+    assert conn.next_event() is NEED_DATA
+    assert conn.data_to_send() == (
+        b"250 2.0.0 Ok\r\n451 4.7.1 Error: sender rejected\r\n250 2.0.0 Ok\r\n"
+    )
+    assert conn.data_to_send() == b""
+
+
+@pytest.mark.parametrize(
+    ("answer", "outcome"),
+    [
+        (Accept(), Outcome.ACCEPT),
+        (Accept("fine"), Outcome.ACCEPT),
+        (Reject(), Outcome.REJECT),
+        (Reject(451), Outcome.REJECT),
+        (Reject(421), Outcome.CLOSE),
+        (Close(), Outcome.CLOSE),
+        (Close(554), Outcome.CLOSE),
+        (Reply(code=250), Outcome.ACCEPT),
+        (Reply(code=354), Outcome.ACCEPT),
+        (Reply(code=450), Outcome.REJECT),
+        (Reply(code=421), Outcome.CLOSE),
+    ],
+)
+def test_outcome_of(answer: Accept | Reject | Close | Reply, outcome: Outcome) -> None:
+    assert outcome_of(answer) is outcome
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"QUIT\r\n", CloseReason.QUIT),
+        (b"", CloseReason.EOF),
+        (b"GET / HTTP/1.1\r\n", CloseReason.FORBIDDEN),
+        (b"XYZZY\r\n" * 20, CloseReason.ERRORS),
+    ],
+)
+def test_close_reasons_are_typed(data: bytes, reason: CloseReason) -> None:
+    conn = session()
+    events, _ = receive_and_get(conn, data) if data else ([], b"")
+    if not data:
+        conn.receive_data(b"")
+        events = [conn.next_event()]
+    assert isinstance(events[-1], Closed)
+    assert events[-1].reason is reason
 
 
 def test_error_classes() -> None:
@@ -100,8 +202,8 @@ def test_informational_events_need_no_answer() -> None:
     conn.receive_data(b"RSET\r\nQUIT\r\n")
     assert conn.next_event() == Reset()
     assert conn.next_event() == Quit()
-    assert conn.next_event() == Closed(reason="quit")
-    assert conn.next_event() == Closed(reason="quit")
+    assert conn.next_event() == Closed(reason=CloseReason.QUIT)
+    assert conn.next_event() == Closed(reason=CloseReason.QUIT)
     assert conn.data_to_send() == b"250 2.0.0 Ok\r\n221 2.0.0 Bye\r\n"
 
 
@@ -109,12 +211,13 @@ def test_abort() -> None:
     conn = session()
     conn.receive_data(b"MAIL FROM:<a@example.org>\r\n")
     assert isinstance(conn.next_event(), MailFrom)
-    wire = conn.abort(Reply(code=421, text=("timeout",), enhanced="4.4.2"))
-    assert wire == b"421 4.4.2 timeout\r\n"
-    assert conn.next_event() == Closed(reason="aborted")
+    conn.abort(Reply(code=421, text=("timeout",), enhanced="4.4.2"))
+    assert conn.data_to_send() == b"421 4.4.2 timeout\r\n"
+    assert conn.next_event() == Closed(reason=CloseReason.ABORTED)
     with pytest.raises(LocalProtocolError):
         conn.send(Accept())
-    assert conn.abort(Reply(code=421)) == b""
+    conn.abort(Reply(code=421))
+    assert conn.data_to_send() == b""
 
 
 def test_data_after_eof_is_a_local_error() -> None:
@@ -125,7 +228,7 @@ def test_data_after_eof_is_a_local_error() -> None:
         conn.receive_data(b"NOOP\r\n")
     # What came before the EOF is still answered.
     events, wire = receive_and_get(conn, b"")
-    assert events == [Closed(reason="eof")]
+    assert events == [Closed(reason=CloseReason.EOF)]
     assert wire == b"250 2.0.0 Ok\r\n"
 
 
@@ -133,7 +236,7 @@ def test_eof_before_the_greeting_decision() -> None:
     conn = ServerConnection(FULL)
     conn.receive_data(b"")
     events, wire = receive_and_get(conn, b"")
-    assert events == [Connected(peer=None), Closed(reason="eof")]
+    assert events == [Connected(peer=None), Closed(reason=CloseReason.EOF)]
     assert wire == b"220 mx.example.org ESMTP smtpkit\r\n"
 
 
@@ -206,12 +309,13 @@ def test_lmtp_one_reply_per_accepted_recipient_in_order(data: bytes) -> None:
         rcpt_params=(RcptParams(),) * 3,
     )
     conn.data_to_send()
-    wire = conn.send(
+    wire = send_and_get(
+        conn,
         {
             "three@example.org": Reject(452, "mailbox full"),
             "one@example.org": Accept(),
             "two@example.org": Reply(code=550, text=("5.1.1 no such user",), enhanced="5.1.1"),
-        }
+        },
     )
     assert wire == (b"250 2.0.0 Ok\r\n550 5.1.1 no such user\r\n452 4.7.1 mailbox full\r\n")
     assert conn.state is State.READY
@@ -233,18 +337,19 @@ def test_lmtp_missing_recipient_is_a_local_error_and_nothing_is_written() -> Non
         conn.send(partial)
     assert conn.data_to_send() == b""
     assert conn.next_event() is PAUSED
-    wire = conn.send({**partial, "three@example.org": Accept()})
+    wire = send_and_get(conn, {**partial, "three@example.org": Accept()})
     assert codes(wire) == [250, 250, 250]
 
 
 def test_lmtp_close_for_one_recipient_closes_after_all_replies() -> None:
     conn = lmtp_session()
     receive_and_get(conn, LMTP_ENVELOPE + b"DATA\r\nx\r\n.\r\n", hold(Message, policy=refuse_one))
-    wire = conn.send(
-        {"one@example.org": Close(), "two@example.org": Accept(), "three@example.org": Accept()}
+    wire = send_and_get(
+        conn,
+        {"one@example.org": Close(), "two@example.org": Accept(), "three@example.org": Accept()},
     )
     assert codes(wire) == [421, 250, 250]
-    assert conn.next_event() == Closed(reason="refused")
+    assert conn.next_event() == Closed(reason=CloseReason.REFUSED)
 
 
 def test_mapping_outside_lmtp_messages_is_a_local_error() -> None:
@@ -253,7 +358,7 @@ def test_mapping_outside_lmtp_messages_is_a_local_error() -> None:
     assert isinstance(events[-1], Message)
     with pytest.raises(LocalProtocolError):
         conn.send({"b@example.org": Accept()})
-    assert conn.send(Accept()) == b"250 2.0.0 Ok\r\n"
+    assert send_and_get(conn, Accept()) == b"250 2.0.0 Ok\r\n"
 
 
 def test_transaction_properties() -> None:
@@ -281,7 +386,7 @@ def test_auto_accepted_events_are_answered_by_the_engine() -> None:
     assert isinstance(conn.next_event(), MailFrom)
     wire = conn.data_to_send()
     assert wire.startswith(b"220 mx.example.org ESMTP smtpkit\r\n250-mx.example.org\r\n")
-    assert conn.send(Reject()) == b"550 5.7.1 Error: sender rejected\r\n"
+    assert send_and_get(conn, Reject()) == b"550 5.7.1 Error: sender rejected\r\n"
     assert conn.next_event() is NEED_DATA
     assert conn.data_to_send() == b"503 5.5.1 Error: need MAIL command\r\n"
 

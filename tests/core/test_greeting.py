@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import FULL, codes, receive_and_get
+from helpers import FULL, codes, receive_and_get, send_and_get
 
 from smtp_core import (
     NEED_DATA,
@@ -11,6 +11,7 @@ from smtp_core import (
     Accept,
     Close,
     Closed,
+    CloseReason,
     Config,
     Connected,
     Quit,
@@ -35,13 +36,13 @@ def test_connected_event_carries_the_peer_and_pauses() -> None:
 def test_default_config_and_no_peer() -> None:
     conn = ServerConnection()
     assert conn.next_event() == Connected(peer=None)
-    assert conn.send(Accept()) == b"220 localhost ESMTP smtpkit\r\n"
+    assert send_and_get(conn, Accept()) == b"220 localhost ESMTP smtpkit\r\n"
 
 
 def test_accept_sends_220_with_hostname_and_banner() -> None:
     conn = ServerConnection(FULL)
     conn.next_event()
-    assert conn.send(Accept()) == b"220 mx.example.org ESMTP smtpkit\r\n"
+    assert send_and_get(conn, Accept()) == b"220 mx.example.org ESMTP smtpkit\r\n"
     assert conn.state is State.GREETED
     assert conn.next_event() is NEED_DATA
 
@@ -57,13 +58,13 @@ def test_accept_sends_220_with_hostname_and_banner() -> None:
 def test_greeting_text(answer: Accept | Reply, wire: bytes) -> None:
     conn = ServerConnection(FULL)
     conn.next_event()
-    assert conn.send(answer) == wire
+    assert send_and_get(conn, answer) == wire
 
 
 def test_greeting_has_no_enhanced_code_even_when_refused() -> None:
     conn = ServerConnection(FULL)
     conn.next_event()
-    assert conn.send(Reject()) == b"554 mx.example.org Error: service refused\r\n"
+    assert send_and_get(conn, Reject()) == b"554 mx.example.org Error: service refused\r\n"
 
 
 REFUSED_COMMANDS = [
@@ -89,20 +90,20 @@ REFUSED_COMMANDS = [
 def test_reject_greeting_answers_503_to_everything_but_quit(command: bytes) -> None:
     conn = ServerConnection(FULL)
     conn.next_event()
-    conn.send(Reject())
+    send_and_get(conn, Reject())
     assert conn.state is State.REFUSED
     events, wire = receive_and_get(conn, command + b"\r\nQUIT\r\n")
     assert codes(wire) == [503, 221]
-    assert events == [Quit(), Closed(reason="quit")]
+    assert events == [Quit(), Closed(reason=CloseReason.QUIT)]
 
 
 def test_refused_session_ends_after_max_errors() -> None:
     conn = ServerConnection(Config(max_errors=3))
     conn.next_event()
-    conn.send(Reject(550, "go away"))
+    send_and_get(conn, Reject(550, "go away"))
     events, wire = receive_and_get(conn, b"NOOP\r\n" * 5)
     assert codes(wire) == [503, 503, 503, 421]
-    assert events == [Closed(reason="errors")]
+    assert events == [Closed(reason=CloseReason.ERRORS)]
 
 
 @pytest.mark.parametrize(
@@ -116,10 +117,10 @@ def test_refused_session_ends_after_max_errors() -> None:
 def test_close_greeting_closes(answer: Close | Reply, wire: bytes) -> None:
     conn = ServerConnection(FULL)
     conn.next_event()
-    assert conn.send(answer) == wire
+    assert send_and_get(conn, answer) == wire
     assert conn.state is State.CLOSED
-    assert conn.next_event() == Closed(reason="refused")
+    assert conn.next_event() == Closed(reason=CloseReason.REFUSED)
     # Input after the close is ignored.
     conn.receive_data(b"EHLO late.example\r\n")
-    assert conn.next_event() == Closed(reason="refused")
+    assert conn.next_event() == Closed(reason=CloseReason.REFUSED)
     assert conn.data_to_send() == b""

@@ -13,7 +13,7 @@ import sys
 import pytest
 from helpers import ENVELOPE, FEEDERS, FULL, codes, receive_and_get, receive_pieces, session
 
-from smtp_core import Closed, MailFrom, Message, ServerConnection, State
+from smtp_core import Closed, CloseReason, MailFrom, Message, ServerConnection, State
 
 PIECE = 64 * 1024
 #: The engine reads a SASL line of max_auth_line octets plus "AUTH", a mechanism name and CRLF.
@@ -139,7 +139,7 @@ def test_max_errors_then_421_and_close(line: bytes) -> None:
     events, wire = receive_and_get(conn, (line + b"\r\n") * 5)
     assert codes(wire) == [codes(wire)[0]] * 3 + [421]
     assert wire.endswith(b"421 4.7.0 mx.example.org Error: too many errors\r\n")
-    assert events == [Closed(reason="errors")]
+    assert events == [Closed(reason=CloseReason.ERRORS)]
 
 
 def test_errors_accumulate_across_transactions() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import FEEDERS, FULL, receive_and_get, reject, session
+from helpers import FEEDERS, FULL, receive_and_get, reject, send_and_get, session
 
 from smtp_core import (
     NEED_DATA,
@@ -86,10 +86,10 @@ def test_engine_pauses_at_each_decision_and_reads_nothing_behind_it() -> None:
     conn.receive_data(b"NOOP\r\n")  # more input while the decision is pending
     assert conn.next_event() is PAUSED
     assert conn.data_to_send() == b""
-    assert conn.send(Accept()) == b"250 2.1.0 Ok\r\n"
+    assert send_and_get(conn, Accept()) == b"250 2.1.0 Ok\r\n"
     assert isinstance(conn.next_event(), RcptTo)
     assert conn.data_to_send() == b"250 2.0.0 Ok\r\n"
-    assert conn.send(Accept()) == b"250 2.1.5 Ok\r\n"
+    assert send_and_get(conn, Accept()) == b"250 2.1.5 Ok\r\n"
     assert conn.next_event() is NEED_DATA
     assert conn.data_to_send() == b"250 2.0.0 Ok\r\n"
 

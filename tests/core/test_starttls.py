@@ -11,9 +11,11 @@ from helpers import (
     FULL,
     codes,
     connect,
+    hold,
     receive_and_get,
     reject,
     replies,
+    send_and_get,
     session,
 )
 
@@ -24,6 +26,7 @@ from smtp_core import (
     AuthCredentials,
     Close,
     Closed,
+    CloseReason,
     Config,
     Hello,
     LocalProtocolError,
@@ -48,27 +51,41 @@ def test_accept_sends_220_and_pauses(feed: str) -> None:
 
 @pytest.mark.parametrize("feed", FEEDERS)
 def test_plaintext_pipelined_behind_starttls_is_discarded(feed: str) -> None:
+    """Whatever arrived behind STARTTLS before its 220 is dropped unread, and counted."""
     conn = session()
-    events, wire = FEEDERS[feed](conn, b"STARTTLS\r\n" + INJECTED)
-    assert (events, wire) == ([StartTLS()], READY_TLS)
-    # More plaintext while the handshake runs: also dropped.
-    conn.receive_data(b"RSET\r\n" + INJECTED)
-    assert conn.next_event() is PAUSED
+    events, wire = FEEDERS[feed](conn, b"STARTTLS\r\n" + INJECTED, hold(StartTLS))
+    assert (events, wire) == ([StartTLS()], b"")
+    assert send_and_get(conn, Accept()) == READY_TLS
+    assert conn.plaintext_discarded == len(INJECTED)
     conn.tls_started()
     assert conn.next_event() is NEED_DATA
     assert conn.data_to_send() == b""
     events, wire = receive_and_get(conn, b"EHLO c.example\r\n")
     assert events == [Hello(hostname="c.example", extended=True)]
+    assert conn.plaintext_discarded == len(INJECTED)
 
 
-def test_plaintext_received_before_the_decision_is_discarded_too() -> None:
+def test_plaintext_in_the_same_read_as_starttls_is_discarded() -> None:
     conn = session()
-    conn.receive_data(b"STARTTLS\r\n")
-    assert conn.next_event() == StartTLS()
-    conn.receive_data(INJECTED)
-    assert conn.send(Accept()) == READY_TLS
+    events, wire = receive_and_get(conn, b"STARTTLS\r\n" + INJECTED)
+    assert (events, wire) == ([StartTLS()], READY_TLS)
+    assert conn.plaintext_discarded == len(INJECTED)
+
+
+def test_bytes_fed_during_the_handshake_are_a_local_error() -> None:
+    """After the 220, what the client sends belongs to the TLS handshake: feeding it to the
+    engine before `tls_started()` is a transport bug, and nothing changes."""
+    conn = session()
+    receive_and_get(conn, b"STARTTLS\r\n")
+    with pytest.raises(LocalProtocolError):
+        conn.receive_data(b"EHLO c.example\r\n")
+    assert conn.state is State.STARTTLS
+    assert conn.next_event() is PAUSED
     conn.tls_started()
-    assert conn.next_event() is NEED_DATA
+    events, wire = receive_and_get(conn, b"EHLO c.example\r\n")
+    assert events == [Hello(hostname="c.example", extended=True)]
+    assert codes(wire) == [250]
+    assert conn.plaintext_discarded == 0
 
 
 def test_tls_started_forgets_the_session() -> None:
@@ -132,7 +149,7 @@ def test_rejected_starttls_keeps_the_session_in_plaintext() -> None:
 def test_close_answer_to_starttls() -> None:
     events, wire = receive_and_get(session(), b"STARTTLS\r\n", reject(StartTLS, answer=Close()))
     assert codes(wire) == [421]
-    assert events[-1] == Closed(reason="refused")
+    assert events[-1] == Closed(reason=CloseReason.REFUSED)
 
 
 def test_implicit_tls_offers_auth_but_not_starttls() -> None:
@@ -178,4 +195,4 @@ def test_eof_during_the_handshake_closes_the_session() -> None:
     conn.send(Accept())
     assert conn.next_event() is PAUSED
     conn.receive_data(b"")
-    assert conn.next_event() == Closed(reason="eof")
+    assert conn.next_event() == Closed(reason=CloseReason.EOF)

@@ -11,7 +11,17 @@ import base64
 import pytest
 from helpers import FULL, codes, receive_and_get
 
-from smtp_core import Accept, Closed, LocalProtocolError, Reject, ServerConnection, State
+from smtp_core import (
+    PAUSED,
+    Accept,
+    Closed,
+    CloseReason,
+    LocalProtocolError,
+    Reject,
+    ServerConnection,
+    State,
+)
+from smtp_core._state import COMMAND_NAMES, FACTS, UNKNOWN
 
 PLAIN = b"AUTH PLAIN " + base64.b64encode(b"\0user\0secret")
 
@@ -114,6 +124,7 @@ def reach(state: State) -> ServerConnection:
     conn = ServerConnection(FULL)
     conn.next_event()
     conn.send(Accept() if greet else Reject())
+    conn.data_to_send()
     if setup:
         receive_and_get(conn, setup)
     assert conn.state is state
@@ -169,11 +180,12 @@ def test_command_during_data_is_message_text(command: str) -> None:
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))
-def test_command_during_starttls_handshake_is_discarded(command: str) -> None:
+def test_command_during_starttls_handshake_is_a_local_error(command: str) -> None:
     conn = reach(State.READY)
     receive_and_get(conn, b"STARTTLS\r\n")
-    events, wire = receive_and_get(conn, COMMANDS[command])
-    assert (events, wire) == ([], b"")
+    with pytest.raises(LocalProtocolError):
+        conn.receive_data(COMMANDS[command])
+    assert (conn.next_event(), conn.data_to_send()) == (PAUSED, b"")
     assert conn.state is State.STARTTLS
 
 
@@ -191,7 +203,7 @@ def test_command_after_close_is_ignored(command: str) -> None:
     conn = reach(State.READY)
     receive_and_get(conn, b"QUIT\r\n")
     events, wire = receive_and_get(conn, COMMANDS[command])
-    assert events == [Closed(reason="quit")]
+    assert events == [Closed(reason=CloseReason.QUIT)]
     assert wire == b""
     assert conn.state is State.CLOSED
 
@@ -216,3 +228,62 @@ def test_transition_table_refuses_impossible_moves() -> None:
         for trigger in set(Trigger) - set(triggers) - {Trigger.CLOSE}:
             with pytest.raises(LocalProtocolError):
                 next_state(state, trigger)
+
+
+# ---------------------------------------------------------------- the facts table
+
+
+def test_every_state_has_facts_and_they_name_known_commands() -> None:
+    assert set(FACTS) == set(State)
+    for facts in FACTS.values():
+        assert set(facts.refused) <= {*COMMAND_NAMES, UNKNOWN}
+        assert "QUIT" not in facts.refused
+
+
+REFUSALS = [
+    (state, command, why) for state in SETUP for command, why in FACTS[state].refused.items()
+]
+
+
+@pytest.mark.parametrize(
+    ("state", "command", "why"), REFUSALS, ids=[f"{c}-{s.name}" for s, c, _ in REFUSALS]
+)
+def test_each_refusal_sends_the_table_s_503_text(state: State, command: str, why: str) -> None:
+    conn = reach(state)
+    _, wire = receive_and_get(conn, COMMANDS[command])
+    assert wire.startswith(f"503 5.5.1 {why}\r\n".encode())
+
+
+@pytest.mark.parametrize("state", list(SETUP), ids=lambda s: s.name)
+def test_in_transaction_follows_the_state(state: State) -> None:
+    conn = reach(state)
+    assert conn.in_transaction is (state in {State.MAIL, State.RCPT, State.CHUNKING})
+    assert not conn.reading_content
+
+
+def test_reading_content_during_data_and_while_a_chunk_arrives() -> None:
+    conn = reach(State.RCPT)
+    receive_and_get(conn, b"DATA\r\npartial")
+    assert conn.state is State.DATA
+    assert conn.in_transaction and conn.reading_content
+    receive_and_get(conn, b"\r\n.\r\n")
+    assert not conn.in_transaction and not conn.reading_content
+    receive_and_get(conn, b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nBDAT 5\r\nab")
+    assert conn.state is State.RCPT and conn.reading_content
+    receive_and_get(conn, b"cde")
+    assert conn.state is State.CHUNKING and conn.in_transaction and not conn.reading_content
+    receive_and_get(conn, b"BDAT 3\r\nx")
+    assert conn.reading_content
+    receive_and_get(conn, b"yz")
+    receive_and_get(conn, b"RSET\r\n")
+    assert not conn.in_transaction and not conn.reading_content
+
+
+def test_a_refused_chunk_is_content_too() -> None:
+    """Its octets are read and dropped, never taken for commands."""
+    conn = reach(State.READY)
+    receive_and_get(conn, b"BDAT 4\r\nQU")
+    assert conn.reading_content and not conn.in_transaction
+    _, wire = receive_and_get(conn, b"IT")
+    assert wire == b"503 5.5.1 Error: need RCPT command\r\n"
+    assert not conn.reading_content

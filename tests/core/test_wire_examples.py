@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 
-from helpers import accept_all, receive_and_get
+from helpers import accept_all, receive_and_get, send_and_get
 
 from smtp_core import (
     Accept,
@@ -283,7 +283,7 @@ def replay(config: Config, transcript: str, policy: Callable[[Event], Answer]) -
     assert isinstance(conn.next_event(), Connected)
     kind, greeting = steps.pop(0)
     assert kind == "S"
-    assert conn.send(Accept()) == greeting
+    assert send_and_get(conn, Accept()) == greeting
     messages: list[Message] = []
     for i, (kind, data) in enumerate(steps):
         if kind == "TLS":

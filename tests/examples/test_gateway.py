@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 import trustme
+from support import WAIT
 
 from smtpkit.handlers import Accept, Handler, MaildirHandler, Reject
 from smtpkit.transports import running_server
 
-WAIT = 10.0
 pytestmark = pytest.mark.timeout(90)
 MESSAGE = b"Subject: through the gateway\r\n\r\nhello\r\n"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import WAIT
 
-WAIT = 10.0
 pytestmark = pytest.mark.timeout(90)
 MESSAGE = b"Subject: for the users\r\n\r\nhello\r\n"
 

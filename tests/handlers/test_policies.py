@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from support import WAIT
 
 from smtp_core import Config
 from smtpkit.handlers import (
@@ -32,7 +33,6 @@ from smtpkit.handlers._policies import dnsbl_name
 from smtpkit.transports import running_server
 from smtpkit.transports._pump import Mode, plan_for
 
-WAIT = 10.0
 pytestmark = pytest.mark.timeout(60)
 PLAINTEXT_AUTH = Config(auth_allow_plaintext=True)
 

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import pytest
 import trustme
+from support import WAIT
 
 from smtp_core import Config
 from smtpkit.handlers import (
@@ -33,7 +34,6 @@ from smtpkit.handlers._relay import upstream_reply, xtext
 from smtpkit.transports import running_server
 from smtpkit.transports._pump import Mode, plan_for
 
-WAIT = 10.0
 pytestmark = pytest.mark.timeout(60)
 
 MESSAGE = b"Subject: hello\r\nFrom: a@example.org\r\n\r\n.a line with a leading dot\r\nbye\r\n"

@@ -8,22 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-STARTUP = 20.0
-_LISTENING = re.compile(r"listening on (\S+) port (\d+)")
+from support import WAIT, Tls, terminate
 
 
 def find_tool(name: str) -> str:
@@ -53,7 +48,7 @@ def free_port() -> int:
 
 
 def wait_connectable(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + STARTUP
+    deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode}")
@@ -63,16 +58,6 @@ def wait_connectable(port: int, proc: subprocess.Popen[bytes], what: str) -> Non
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"{what} is not listening on port {port}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class Sink:
@@ -121,85 +106,15 @@ def smtp_sink(tmp_path: Path) -> Iterator[Callable[..., Sink]]:
 
     yield start
     for sink in started:
-        stop(sink.proc)
+        terminate(sink.proc)
     for folder in folders:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-class Process:
-    """An smtpkit process (the CLI or an example) listening on `host`:`port`."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], log_path: Path) -> None:
-        self.proc = proc
-        self.log_path = log_path
-        self.host = ""
-        self.port = 0
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_listening(self) -> None:
-        deadline = time.monotonic() + STARTUP
-        while time.monotonic() < deadline:
-            m = _LISTENING.search(self.log())
-            if m:
-                self.host, self.port = m.group(1), int(m.group(2))
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"exited with {self.proc.returncode}:\n{self.log()}")
-            time.sleep(0.02)
-        raise RuntimeError(f"not listening after {STARTUP} s:\n{self.log()}")
-
-
-@pytest.fixture
-def smtpkit(tmp_path: Path) -> Iterator[Callable[..., Process]]:
-    """smtpkit("serve", ...) runs `python -m smtpkit ARGS`; smtpkit(script=...) an example.
-    Either listens on a free port (give `--listen 127.0.0.1:0`)."""
-    started: list[Process] = []
-
-    def start(*args: str, script: str | None = None) -> Process:
-        log_path = tmp_path / f"smtpkit{len(started)}.log"
-        command = (
-            [sys.executable, str(ROOT / "examples" / script)]
-            if script
-            else [
-                sys.executable,
-                "-m",
-                "smtpkit",
-            ]
-        )
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [*command, *args],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=tmp_path,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        process = Process(proc, log_path)
-        started.append(process)
-        process.wait_listening()
-        return process
-
-    yield start
-    for process in started:
-        stop(process.proc)
-
-
 @pytest.fixture(scope="session")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A throwaway CA and a certificate for localhost/127.0.0.1, as PEM files."""
-    import trustme
-
-    folder = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    files = {"ca": folder / "ca.pem", "cert": folder / "cert.pem", "key": folder / "key.pem"}
-    ca.cert_pem.write_to_path(str(files["ca"]))
-    cert.cert_chain_pems[0].write_to_path(str(files["cert"]))
-    cert.private_key_pem.write_to_path(str(files["key"]))
-    return files
+def tls_files(tls: Tls) -> dict[str, Path]:
+    """The `tls` certificate as PEM files: "ca", "cert" and "key"."""
+    return {"ca": Path(tls.ca), "cert": Path(tls.cert), "key": Path(tls.key)}
 
 
 class Postfix:
@@ -337,7 +252,7 @@ def postfix(tls_files: dict[str, Path]) -> Iterator[Postfix]:
     try:
         if started.returncode != 0:
             raise RuntimeError(f"postfix start failed: {started.stderr}\n{instance.log()}")
-        deadline = time.monotonic() + STARTUP
+        deadline = time.monotonic() + WAIT
         while True:
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=1):

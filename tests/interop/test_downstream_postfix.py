@@ -13,10 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from support import WAIT
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
 
-WAIT = 15.0
 MESSAGE = b"Subject: interop\r\nFrom: a@example.org\r\n\r\nhello postfix\r\n..dotted\r\n"
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import WAIT
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
 
-WAIT = 30.0
 MESSAGE = b"Subject: through the gateway\r\nFrom: a@elsewhere.example\r\n\r\nhello postfix\r\n"
 
 

@@ -1,4 +1,5 @@
-"""The anyio transport on both of its backends, over real sockets on 127.0.0.1.
+"""The anyio transport on both of its backends (asyncio on the stdlib loop and on uvloop),
+over real sockets on 127.0.0.1.
 
 The conformance suite covers what every transport shares; this file covers what is anyio's
 own: the two backends, anyio's TLS, the server's own worker limiter, cancel-scope timeouts,
@@ -8,104 +9,24 @@ events and barriers, never with sleeps.
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import smtplib
 import socket
-import ssl
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
-from typing import Any
 
 import anyio
 import anyio.to_thread
 import pytest
-import trustme
+from support import WAIT, Peer, Tls, Transport, on_transports
 
-import smtpkit.transports._anyio
 from smtpkit.handlers import Accept, Handler, SinkHandler
-from smtpkit.transports import Server, ServerOptions
 
-WAIT = 10.0  # how long a test waits for something that must happen (a hang fails, not stalls)
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(60), on_transports("anyio")]
 
 
-@pytest.fixture(params=["asyncio", "asyncio-stdlib", "trio"])
-def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The anyio backend. "asyncio" runs on uvloop when it is installed; "asyncio-stdlib" is
-    the stdlib loop, whose transports the asyncio stream (`_LoopStream`) also adopts."""
-    if request.param == "asyncio-stdlib":
-        monkeypatch.setattr(smtpkit.transports._anyio, "_use_uvloop", lambda wanted: False)
-        return "asyncio"
-    return str(request.param)
-
-
-@pytest.fixture(scope="module")
-def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(server context, client context) from a throwaway CA."""
-    ca = trustme.CA()
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost", "127.0.0.1").configure_cert(server)
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    return server, client
-
-
-@contextlib.contextmanager
-def running(factory: Any, backend: str, **options: Any) -> Iterator[Server]:
-    opts = ServerOptions(listen=(("127.0.0.1", 0),), anyio_backend=backend, **options)
-    with Server(factory, opts, transport="anyio") as server:
-        yield server
-
-
-class Peer:
-    """A raw-socket SMTP client: send lines, read replies, see the close."""
-
-    def __init__(self, address: tuple[str, int]) -> None:
-        self.sock = socket.create_connection(address, timeout=WAIT)
-        self.file = self.sock.makefile("rb")
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def reply(self) -> bytes:
-        """One whole reply (all its lines), CRLFs included; b"" at the end of the stream."""
-        text = b""
-        while True:
-            line = self.file.readline()
-            text += line
-            if len(line) < 4 or line[3:4] != b"-":
-                return text
-
-    def command(self, line: bytes) -> bytes:
-        self.send(line + b"\r\n")
-        return self.reply()
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
-
-
-@contextlib.contextmanager
-def peer(address: tuple[str, int]) -> Iterator[Peer]:
-    p = Peer(address)
-    try:
-        yield p
-    finally:
-        p.close()
-
-
-def _transaction(p: Peer, sender: bytes = b"a@b.example") -> None:
-    assert p.reply().startswith(b"220")
-    assert p.command(b"EHLO client.example").startswith(b"250")
-    assert p.command(b"MAIL FROM:<" + sender + b">").startswith(b"250")
-    assert p.command(b"RCPT TO:<c@d.example>").startswith(b"250")
-    assert p.command(b"DATA").startswith(b"354")
-
-
-def test_sendmail(backend: str) -> None:
+def test_sendmail(transport: Transport) -> None:
     messages: list[bytes] = []
 
     class Keep(Handler):
@@ -115,49 +36,46 @@ def test_sendmail(backend: str) -> None:
             messages.append(message)
             return Accept()
 
-    with running(Keep, backend) as server, smtplib.SMTP(*server.addresses[0]) as client:
+    with transport.serve(Keep) as server, smtplib.SMTP(*server.addresses[0]) as client:
         client.sendmail("a@b.example", ["c@d.example"], "Subject: x\r\n\r\nhi\r\n")
     assert len(messages) == 1
     assert messages[0].startswith(b"Received: from ")
     assert messages[0].endswith(b"Subject: x\r\n\r\nhi\r\n")
 
 
-def test_starttls_and_smtps(backend: str, tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
-    server_ctx, client_ctx = tls
+def test_starttls_and_smtps(transport: Transport, tls: Tls) -> None:
     versions: list[str | None] = []
 
-    class Tls(Handler):
+    class Versions(Handler):
         blocking = False
 
         def data(self, message: bytes) -> Accept:
             versions.append(self.session.tls_version)
             return Accept()
 
-    opts = {"ssl_context": server_ctx, "tls_listen": (("127.0.0.1", 0),)}
-    with running(Tls, backend, **opts) as server:
+    opts = {"ssl_context": tls.server, "tls_listen": (("127.0.0.1", 0),)}
+    with transport.serve(Versions, **opts) as server:
         host, port = server.addresses[0]
         with smtplib.SMTP(host, port) as client:
-            client.starttls(context=client_ctx)
+            client.starttls(context=tls.client)
             client.sendmail("a@b.example", ["c@d.example"], "Subject: tls\r\n\r\nhi\r\n")
         host, port = server.tls_addresses[0]
-        with smtplib.SMTP_SSL(host, port, context=client_ctx) as client:
+        with smtplib.SMTP_SSL(host, port, context=tls.client) as client:
             client.sendmail("a@b.example", ["c@d.example"], "Subject: smtps\r\n\r\nhi\r\n")
     assert len(versions) == 2
     assert all(v and v.startswith("TLS") for v in versions)
 
 
-def test_failed_handshake_ends_only_that_session(
-    backend: str, tls: tuple[ssl.SSLContext, ssl.SSLContext]
-) -> None:
+def test_failed_handshake_ends_only_that_session(transport: Transport, tls: Tls) -> None:
     closed = threading.Event()
 
     class Watch(SinkHandler):
         def close(self) -> None:
             closed.set()
 
-    with running(Watch, backend, ssl_context=tls[0], tls_handshake_timeout=0.5) as server:
+    with transport.serve(Watch, ssl_context=tls.server, tls_handshake_timeout=0.5) as server:
         address = server.addresses[0]
-        with peer(address) as bad:  # garbage instead of a ClientHello
+        with Peer(address) as bad:  # garbage instead of a ClientHello
             bad.reply()
             bad.command(b"EHLO x")
             assert bad.command(b"STARTTLS").startswith(b"220")
@@ -165,17 +83,17 @@ def test_failed_handshake_ends_only_that_session(
             assert bad.reply() == b""
         assert closed.wait(WAIT)  # the close hook ran: the session was driven to its end
         closed.clear()
-        with peer(address) as slow:  # silence: the handshake times out
+        with Peer(address) as slow:  # silence: the handshake times out
             slow.reply()
             slow.command(b"EHLO x")
             assert slow.command(b"STARTTLS").startswith(b"220")
             assert slow.reply() == b""
         assert closed.wait(WAIT)
-        with peer(address) as p:
+        with Peer(address) as p:
             assert p.reply().startswith(b"220")  # the server still serves
 
 
-def test_blocking_hooks_run_on_the_servers_own_workers(backend: str) -> None:
+def test_blocking_hooks_run_on_the_servers_own_workers(transport: Transport) -> None:
     # Three mail hooks block at once (a hook that blocks stalls neither the loop nor the other
     # sessions); meanwhile an async hook sees anyio's process-wide thread limiter unused.
     parked, release = threading.Barrier(3, timeout=WAIT), threading.Event()
@@ -197,7 +115,7 @@ def test_blocking_hooks_run_on_the_servers_own_workers(backend: str) -> None:
             return Accept()
 
     all_parked = threading.Event()
-    with running(Blocking, backend, workers=3) as server:
+    with transport.serve(Blocking, workers=3) as server:
         peers = [Peer(server.addresses[0]) for _ in range(4)]
         try:
             for p in peers[:3]:
@@ -220,7 +138,7 @@ def test_blocking_hooks_run_on_the_servers_own_workers(backend: str) -> None:
     assert default_in_use == [0]
 
 
-def test_async_hooks_run_on_the_loop(backend: str) -> None:
+def test_async_hooks_run_on_the_loop(transport: Transport) -> None:
     state: dict[str, anyio.Event] = {}
 
     class Async(Handler):
@@ -236,7 +154,7 @@ def test_async_hooks_run_on_the_loop(backend: str) -> None:
         async def rcpt(self, recipient: str, params: object) -> Accept:
             raise RuntimeError("boom")
 
-    with running(Async, backend) as server:
+    with transport.serve(Async) as server:
         a, b = Peer(server.addresses[0]), Peer(server.addresses[0])
         try:
             a.reply()
@@ -252,14 +170,14 @@ def test_async_hooks_run_on_the_loop(backend: str) -> None:
             b.close()
 
 
-def test_idle_timeout(backend: str) -> None:
+def test_idle_timeout(transport: Transport) -> None:
     closed = threading.Event()
 
     class Watch(SinkHandler):
         def close(self) -> None:
             closed.set()
 
-    with running(Watch, backend, timeout=0.5) as server, peer(server.addresses[0]) as p:
+    with transport.serve(Watch, timeout=0.5) as server, Peer(server.addresses[0]) as p:
         assert p.reply().startswith(b"220")
         assert p.command(b"EHLO x").startswith(b"250")
         assert p.reply().startswith(b"421 4.4.2")
@@ -267,17 +185,18 @@ def test_idle_timeout(backend: str) -> None:
         assert closed.is_set()  # the close hook ran before the socket was closed
 
 
-def test_data_deadline(backend: str) -> None:
+def test_data_deadline(transport: Transport) -> None:
     # The per-command timeout is long; the whole message must arrive within data_timeout.
     options = {"timeout": 60, "data_timeout": 0.5}
-    with running(SinkHandler, backend, **options) as server, peer(server.addresses[0]) as p:
-        _transaction(p)
+    with transport.serve(SinkHandler, **options) as server, Peer(server.addresses[0]) as p:
+        p.hello()
+        p.start_data()
         p.send(b"Subject: x\r\n\r\nthe rest never comes")
         assert p.reply().startswith(b"421 4.4.2")
         assert p.reply() == b""
 
 
-def test_shutdown_ends_idle_sessions_and_lets_transactions_finish(backend: str) -> None:
+def test_shutdown_ends_idle_sessions_and_lets_transactions_finish(transport: Transport) -> None:
     in_hook, release = threading.Event(), threading.Event()
 
     class Slow(Handler):
@@ -286,13 +205,13 @@ def test_shutdown_ends_idle_sessions_and_lets_transactions_finish(backend: str) 
             assert release.wait(WAIT)
             return Accept()
 
-    opts = ServerOptions(listen=(("127.0.0.1", 0),), anyio_backend=backend)
-    server = Server(Slow, opts, transport="anyio").start()
+    server = transport.server(Slow).start()
     address = server.addresses[0]
-    with peer(address) as idle, peer(address) as busy:
+    with Peer(address) as idle, Peer(address) as busy:
         assert idle.reply().startswith(b"220")
         assert idle.command(b"EHLO idle").startswith(b"250")
-        _transaction(busy)
+        busy.hello()
+        busy.start_data()
         busy.send(b"Subject: x\r\n\r\nhi\r\n.\r\n")
         assert in_hook.wait(WAIT)
         stopper = threading.Thread(target=server.stop)
@@ -308,7 +227,7 @@ def test_shutdown_ends_idle_sessions_and_lets_transactions_finish(backend: str) 
         assert not stopper.is_alive()
 
 
-def test_grace_period_cuts_off(backend: str) -> None:
+def test_grace_period_cuts_off(transport: Transport) -> None:
     in_hook, release = threading.Event(), threading.Event()
 
     class Stuck(Handler):
@@ -317,11 +236,11 @@ def test_grace_period_cuts_off(backend: str) -> None:
             release.wait(WAIT)
             return Accept()
 
-    opts = ServerOptions(listen=(("127.0.0.1", 0),), anyio_backend=backend, grace_period=0.2)
-    server = Server(Stuck, opts, transport="anyio").start()
+    server = transport.server(Stuck, grace_period=0.2).start()
     try:
-        with peer(server.addresses[0]) as p:
-            _transaction(p)
+        with Peer(server.addresses[0]) as p:
+            p.hello()
+            p.start_data()
             p.send(b"Subject: x\r\n\r\nhi\r\n.\r\n")
             assert in_hook.wait(WAIT)
             server.stop()  # returns although the hook is still stuck
@@ -331,34 +250,35 @@ def test_grace_period_cuts_off(backend: str) -> None:
         release.set()
 
 
-def test_connection_limit(backend: str) -> None:
-    with running(SinkHandler, backend, max_connections=1) as server:
+def test_connection_limit(transport: Transport) -> None:
+    with transport.serve(SinkHandler, max_connections=1) as server:
         address = server.addresses[0]
-        with peer(address) as first:
+        with Peer(address) as first:
             assert first.reply().startswith(b"220")
-            with peer(address) as second:
+            with Peer(address) as second:
                 assert second.reply().startswith(b"421 4.7.0")
                 assert second.reply() == b""
             assert first.command(b"QUIT").startswith(b"221")
             assert first.reply() == b""
-        with peer(address) as third:  # the slot was released
+        with Peer(address) as third:  # the slot was released
             assert third.reply().startswith(b"220")
 
 
-def test_reset_mid_message_runs_close_hook(backend: str) -> None:
+def test_reset_mid_message_runs_close_hook(transport: Transport) -> None:
     closed = threading.Event()
 
     class Watch(SinkHandler):
         def close(self) -> None:
             closed.set()
 
-    with running(Watch, backend) as server:
-        with peer(server.addresses[0]) as p:
-            _transaction(p)
+    with transport.serve(Watch) as server:
+        with Peer(server.addresses[0]) as p:
+            p.hello()
+            p.start_data()
             p.send(b"Subject: x\r\n\r\npartial")
             p.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
         assert closed.wait(WAIT)
-        with peer(server.addresses[0]) as p:
+        with Peer(server.addresses[0]) as p:
             assert p.reply().startswith(b"220")
 
 
@@ -367,14 +287,19 @@ import logging, sys
 from smtpkit.handlers import SinkHandler
 from smtpkit.transports import ServerOptions, serve
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-serve(SinkHandler, ServerOptions(listen=(("127.0.0.1", 0),), anyio_backend=sys.argv[1]),
-      transport="anyio")
+options = ServerOptions(
+    listen=(("127.0.0.1", 0),), anyio_backend=sys.argv[1], uvloop=sys.argv[2] == "uvloop"
+)
+serve(SinkHandler, options, transport="anyio")
 """
 
 
-def test_sigterm_shuts_down_gracefully(backend: str) -> None:
+def test_sigterm_shuts_down_gracefully(transport: Transport) -> None:
+    loop = "uvloop" if transport.uvloop else "stdlib"
     proc = subprocess.Popen(
-        [sys.executable, "-c", _SERVE, backend], stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", _SERVE, transport.anyio_backend, loop],
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stderr is not None
@@ -383,7 +308,7 @@ def test_sigterm_shuts_down_gracefully(backend: str) -> None:
             if "listening on" in line:
                 port = int(line.rsplit(" ", 1)[1])
                 break
-        with peer(("127.0.0.1", port)) as p:
+        with Peer(("127.0.0.1", port)) as p:
             assert p.reply().startswith(b"220")
             assert p.command(b"EHLO x").startswith(b"250")
             proc.send_signal(signal.SIGTERM)

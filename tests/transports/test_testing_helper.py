@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import WAIT, Transport
+from support import WAIT, Transport
 
 from smtpkit.handlers import Accept, Handler
 from smtpkit.transports import Server, running_server
@@ -38,14 +38,13 @@ class Keep(Handler):
 def test_running_server(transport: Transport) -> None:
     transport.require()
     messages: list[bytes] = []
-    with running_server(
-        lambda: Keep(messages), transport=transport.name, anyio_backend=transport.anyio_backend
-    ) as server:
+    with running_server(lambda: Keep(messages), **transport.server_args) as server:
         assert isinstance(server, Server)
         assert (server.host, server.port) == server.addresses[0]
         assert server.host == "127.0.0.1" and server.port > 0
         assert server.options.grace_period == TEST_GRACE_PERIOD
         assert server.options.anyio_backend == transport.anyio_backend
+        assert server.options.uvloop == transport.uvloop
         with smtplib.SMTP(server.host, server.port) as client:
             client.sendmail("a@b.example", ["c@d.example"], MESSAGE)
     assert len(messages) == 1 and messages[0].endswith(MESSAGE)
@@ -55,7 +54,7 @@ def test_running_server(transport: Transport) -> None:
 
 def test_running_server_overrides(transport: Transport) -> None:
     transport.require()
-    kw: dict[str, Any] = {"transport": transport.name, "anyio_backend": transport.anyio_backend}
+    kw: dict[str, Any] = transport.server_args
     with running_server(Handler, timeout=7.0, max_connections=3, **kw) as server:
         assert (server.options.timeout, server.options.max_connections) == (7.0, 3)
     # Not a ServerOptions field: said at once.
@@ -74,7 +73,7 @@ def test_smtp_server_factory_fixture(
     assert request.config.pluginmanager.has_plugin("smtpkit"), "not loaded by its entry point"
     transport.require()
     messages: list[bytes] = []
-    kw: dict[str, Any] = {"transport": transport.name, "anyio_backend": transport.anyio_backend}
+    kw: dict[str, Any] = transport.server_args
     servers = [
         smtp_server_factory(lambda: Keep(messages), **kw),
         smtp_server_factory(lambda: Keep(messages), timeout=5.0, **kw),

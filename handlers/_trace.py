@@ -1,0 +1,128 @@
+"""Trace fields: the `Received:` header and log values, built from what a client sent.
+
+A client chooses its EHLO name, its addresses and its AUTH user. Copied verbatim, an EHLO of
+`x ([10.0.0.1])<TAB>by mx.trusted.example ...` closes the comment and adds clauses to the
+`Received:` header, and a quoted MAIL FROM with spaces adds `key=value` fields to a log line.
+Every client value is made inert here before it is written.
+
+The header does what Postfix does: characters that are not printable, and the characters
+that delimit the header's clauses and comments (`` <>()\\";@``), become `?`. A valid domain
+name or address literal has none of them, so it is written unchanged.
+
+A log value is escaped so that it is exactly one field: spaces, `=`, `"`, `\\` and anything
+unprintable (CR, LF, TAB, other control and format characters, Unicode separators) become
+`\\xHH`, `\\uHHHH` or `\\UHHHHHHHH`, as in a Python literal, so the line can be parsed back.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+from typing import Final
+
+from smtp_core import Message
+
+from ._session import Session
+
+__all__ = ["format_received", "log_escape", "received_header", "transmission_type"]
+
+#: Delimiters of the Received: header's clauses, comments and addresses (Postfix's list).
+_NEUTER: Final = frozenset(' <>()\\";@')
+#: Client values are cut to this many characters, so no header line nears 998 octets.
+_MAX_TOKEN: Final = 255
+_LOG_SPECIAL: Final = re.compile(r'[ ="\\]')
+_LOG_ESCAPES: Final = {" ": "\\x20", "=": "\\x3d", '"': "\\x22", "\\": "\\\\"}
+
+
+def _header_token(value: str, *, utf8: bool, allow: str = "") -> str:
+    """`value` as one inert token of the Received: header: non-printable characters (and
+    non-ASCII ones unless the message is SMTPUTF8) and delimiters other than `allow` become
+    "?"."""
+    value = value[:_MAX_TOKEN]
+    if value.isascii() and value.isprintable() and not any(c in _NEUTER for c in value):
+        return value
+    return "".join(
+        c if c.isprintable() and (utf8 or c.isascii()) and (c not in _NEUTER or c in allow) else "?"
+        for c in value
+    )
+
+
+def transmission_type(session: Session) -> str:
+    """The `with` clause (RFC 3848): SMTP, ESMTP or LMTP, plus S for TLS and A for AUTH."""
+    proto = "LMTP" if session.lmtp else ("ESMTP" if session.esmtp else "SMTP")
+    if session.tls:
+        proto += "S"
+    if session.user is not None:
+        proto += "A"
+    return proto
+
+
+def format_received(
+    *,
+    helo: str | None,
+    client_ip: str,
+    hostname: str,
+    protocol: str,
+    queue_id: str | None,
+    tls_version: str | None = None,
+    recipient: str | None = None,
+    utf8: bool = False,
+    date: str | None = None,
+) -> bytes:
+    """One `Received:` header (RFC 5321 4.4), CRLF-terminated, folded over a few lines:
+
+        Received: from HELO ([IP])
+                by HOSTNAME (smtpkit) with PROTOCOL id QUEUE_ID
+                (using TLS_VERSION)
+                for <RECIPIENT>; DATE
+
+    `helo` and `recipient` come from the client and are made inert; the rest is ours.
+    Non-ASCII characters are kept only in an SMTPUTF8 message (`utf8`, RFC 6532)."""
+    name = _header_token(helo or "", utf8=utf8) or "unknown"
+    literal = f"IPv6:{client_ip}" if ":" in client_ip else client_ip
+    tls = f"\r\n\t(using {tls_version})" if tls_version else ""
+    rcpt = f"\r\n\tfor <{_header_token(recipient, utf8=utf8, allow='@')}>" if recipient else ""
+    qid = f" id {queue_id}" if queue_id else ""
+    when = date if date is not None else email.utils.formatdate(localtime=True)
+    header = (
+        f"Received: from {name} ([{literal}])"
+        f"\r\n\tby {hostname} (smtpkit) with {protocol}{qid}"
+        f"{tls}{rcpt}; {when}\r\n"
+    )
+    return header.encode("utf-8")
+
+
+def received_header(
+    session: Session, message: Message, *, hostname: str, queue_id: str | None
+) -> bytes:
+    """The `Received:` header the server prepends to `message`. The recipient is named only
+    when there is one, so that Bcc recipients stay hidden (as Postfix does)."""
+    return format_received(
+        helo=session.helo_name,
+        client_ip=session.client_ip,
+        hostname=hostname,
+        protocol=transmission_type(session),
+        queue_id=queue_id,
+        tls_version=session.tls_version,
+        recipient=message.recipients[0] if len(message.recipients) == 1 else None,
+        utf8=message.params.smtputf8,
+    )
+
+
+def log_escape(value: str) -> str:
+    r"""`value` as exactly one `key=value` field of a log line: spaces, `=`, `"`, `\` and
+    every unprintable character escaped Python-style; anything else (non-ASCII letters
+    included) is kept, so ordinary addresses read as they are. `"x decision=y"@example.org`
+    is logged as `\x22x\x20decision\x3dy\x22@example.org`."""
+    if value.isprintable() and _LOG_SPECIAL.search(value) is None:
+        return value
+    return "".join(_LOG_ESCAPES.get(c) or (c if c.isprintable() else _escape(c)) for c in value)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"

@@ -1,0 +1,125 @@
+"""Logging that never blocks the event loop or the I/O thread.
+
+A server's stderr may be a pipe nobody reads, or a slow terminal: a plain StreamHandler then
+blocks whoever logs, and the event loop logs on every connection. So the loggers only put
+records on a bounded queue (`put_nowait`); one daemon thread writes them out. When the queue
+is full the record is dropped and counted; the writer reports "N log lines dropped" with the
+next line it writes, and when the channel closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+from typing import Final, TextIO, final
+
+__all__ = ["QUEUE_SIZE", "LogChannel", "log_to_stderr"]
+
+#: Records waiting for the writer before new ones are dropped.
+QUEUE_SIZE: Final = 10_000
+#: How long `close()` waits for the writer to flush the queue.
+CLOSE_WAIT: Final = 1.0
+_TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@final
+class _DroppingHandler(logging.Handler):
+    """Formats on the caller's thread (records hold no references then) and queues without
+    ever waiting."""
+
+    def __init__(self, channel: LogChannel) -> None:
+        super().__init__()
+        self._channel = channel
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        self._channel.put(line)
+
+
+@final
+class LogChannel:
+    """A bounded queue of formatted lines and the thread that writes them to `stream`."""
+
+    def __init__(self, stream: TextIO, size: int = QUEUE_SIZE) -> None:
+        self.stream = stream
+        self._queue: queue.Queue[str | None] = queue.Queue(size)
+        self._lock = threading.Lock()
+        self._dropped = 0  # lines dropped so far
+        self._reported = 0  # of which the writer has reported
+        self._attached: list[tuple[logging.Logger, logging.Handler]] = []
+        self._thread = threading.Thread(target=self._write, name="smtpkit-log", daemon=True)
+        self._thread.start()
+
+    @property
+    def dropped(self) -> int:
+        """Lines dropped because the queue was full."""
+        return self._dropped
+
+    def put(self, line: str) -> None:
+        """Queue `line`; drop it (counted) when the queue is full. Never blocks."""
+        try:
+            self._queue.put_nowait(line)
+        except queue.Full:
+            with self._lock:
+                self._dropped += 1
+
+    def attach(self, logger: logging.Logger, formatter: logging.Formatter | None = None) -> None:
+        """Feed `logger`'s records to this channel (until `close()`)."""
+        handler = _DroppingHandler(self)
+        handler.setFormatter(formatter or logging.Formatter(_TEXT_FORMAT))
+        logger.addHandler(handler)
+        self._attached.append((logger, handler))
+
+    def close(self) -> None:
+        """Detach from the loggers, flush what is queued (for up to `CLOSE_WAIT` seconds) and
+        stop the writer."""
+        for logger, handler in self._attached:
+            logger.removeHandler(handler)
+        self._attached.clear()
+        try:
+            self._queue.put(None, timeout=CLOSE_WAIT)
+        except queue.Full:
+            return  # the stream is stuck: the daemon writer is left behind
+        self._thread.join(CLOSE_WAIT)
+
+    def _write(self) -> None:
+        while True:
+            line = self._queue.get()
+            self._report_drops()
+            if line is None:
+                return
+            self._emit(line)
+
+    def _report_drops(self) -> None:
+        with self._lock:
+            new = self._dropped - self._reported
+            self._reported = self._dropped
+        if new:
+            self._emit(f"smtpkit: {new} log lines dropped (the log output is too slow)")
+
+    def _emit(self, line: str) -> None:
+        try:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):  # a closed stream: nothing to log to
+            pass
+
+
+def log_to_stderr(
+    level: int | str = logging.INFO,
+    formatter: logging.Formatter | None = None,
+    logger: logging.Logger | None = None,
+) -> LogChannel:
+    """Send `logger` (default: the `smtpkit` logger) to stderr through a `LogChannel`, so
+    that a full or slow stderr never stalls serving. `close()` the channel at exit."""
+    channel = LogChannel(sys.stderr)
+    target = logger or logging.getLogger("smtpkit")
+    channel.attach(target, formatter)
+    target.setLevel(level)
+    return channel
