@@ -13,6 +13,7 @@ from smtp_core import Accept, Close, Decision, MailParams, RcptParams, Reject, R
 from ._authfile import SCHEMES, PasswordFile, hash_password, verify_password, with_password_file
 from ._handler import HOOKS, Handler, HandlerFactory, HookResult
 from ._maildir import Maildir, MaildirHandler, mailbox_name
+from ._message import EditKind, HeaderEdit, Message
 from ._policies import CidrBlocklist, Dnsbl, Networks, PasswordAuth, Policy, RelayControl
 from ._ready import PrintHandler, SinkHandler
 from ._relay import RelayHandler
@@ -27,13 +28,16 @@ __all__ = [
     "Close",
     "Decision",
     "Dnsbl",
+    "EditKind",
     "Envelope",
     "Handler",
     "HandlerFactory",
+    "HeaderEdit",
     "HookResult",
     "MailParams",
     "Maildir",
     "MaildirHandler",
+    "Message",
     "Networks",
     "PasswordAuth",
     "PasswordFile",

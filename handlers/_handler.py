@@ -7,21 +7,40 @@ loop). A hook the subclass does not override is answered inline, at no cost.
 
 from __future__ import annotations
 
+import enum
+import functools
+import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, ClassVar
 
 from smtp_core import Accept, Decision, MailParams, RcptParams, Reject, Reply
 
 if TYPE_CHECKING:
+    from ._message import Message
     from ._session import Envelope, Session
 
-__all__ = ["HOOKS", "Handler", "HandlerFactory", "HookResult"]
+__all__ = ["HOOKS", "PLANNED_HOOKS", "Handler", "HandlerFactory", "HookResult", "Mode", "modes_of"]
 
 #: What a hook may return: a decision, a full Reply, or (LMTP `data`) one per recipient.
 HookResult = Decision | Reply | Mapping[str, Decision | Reply]
 
 #: The hooks that answer an SMTP command, in session order.
 HOOKS = ("welcome", "ehlo", "auth", "mail", "rcpt", "data")
+#: Every hook whose place to run is planned: those of HOOKS, then the notifications.
+PLANNED_HOOKS = (*HOOKS, "reset", "close")
+
+
+class Mode(enum.Enum):
+    """Where a hook runs."""
+
+    #: Not overridden: answered inline with the default decision.
+    DEFAULT = "default"
+    #: A plain hook of a non-blocking handler: called inline on the I/O thread.
+    INLINE = "inline"
+    #: A plain hook: called on the worker pool, because it may block.
+    THREAD = "thread"
+    #: An async hook: awaited on the event loop.
+    ASYNC = "async"
 
 
 class Handler:
@@ -35,6 +54,9 @@ class Handler:
     #: False promises that no plain hook ever blocks, so they run inline on the event loop
     #: instead of on the worker pool (the ready `sink` and `print` handlers do this).
     blocking: ClassVar[bool] = True
+    #: True for a handler that sends mail on to other hosts (a relay, a queue): a Pipeline
+    #: delivering with it refuses to start without relay control.
+    delivers_onward: ClassVar[bool] = False
 
     session: Session
     envelope: Envelope
@@ -46,6 +68,11 @@ class Handler:
         `self.envelope`."""
         self.session = session
         self.envelope = envelope
+
+    def hook_modes(self) -> Mapping[str, Mode]:
+        """Where each hook of this handler runs: read from its class (`modes_of`). A
+        Pipeline's handlers answer with the plan their pipeline worked out when built."""
+        return modes_of(type(self))
 
     def welcome(self, client_ip: str) -> HookResult | Awaitable[HookResult]:
         """A client connected. Close drops it (421), Reject refuses it politely (554)."""
@@ -67,9 +94,10 @@ class Handler:
         """One RCPT TO; called once per recipient."""
         return Accept()
 
-    def data(self, message: bytes) -> HookResult | Awaitable[HookResult]:
-        """The whole message, with the Received header prepended. Nothing may be lost once
-        this returns Accept: deliver or queue durably before returning."""
+    def data(self, message: Message) -> HookResult | Awaitable[HookResult]:
+        """The message (its `Received:` header first): `bytes(message)` for small ones,
+        `message.open()` or `message.chunks()` for any size. Nothing may be lost once this
+        returns Accept: deliver or queue durably before returning."""
         return Accept()
 
     def reset(self) -> Awaitable[None] | None:
@@ -83,3 +111,19 @@ class Handler:
 
 #: Makes one handler per connection. A Handler subclass is its own factory.
 HandlerFactory = Callable[[], Handler]
+
+
+@functools.cache
+def modes_of(cls: type[Handler]) -> Mapping[str, Mode]:
+    """Where each hook of a handler class runs: DEFAULT when not overridden, ASYNC for an
+    `async def`, else THREAD, or INLINE when the class promises not to block."""
+    modes = {}
+    for name in PLANNED_HOOKS:
+        fn = getattr(cls, name)
+        if fn is getattr(Handler, name):
+            modes[name] = Mode.DEFAULT
+        elif inspect.iscoroutinefunction(fn):
+            modes[name] = Mode.ASYNC
+        else:
+            modes[name] = Mode.THREAD if cls.blocking else Mode.INLINE
+    return modes

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import codecs
 import logging
+import sys
 from typing import ClassVar
 
 from smtp_core import Accept
 
 from ._handler import Handler, HookResult
+from ._message import Message
 from ._trace import log_escape
 
 __all__ = ["PrintHandler", "SinkHandler"]
@@ -21,7 +24,7 @@ class SinkHandler(Handler):
 
     blocking: ClassVar[bool] = False
 
-    def data(self, message: bytes) -> HookResult:
+    def data(self, message: Message) -> HookResult:
         return Accept()
 
 
@@ -34,18 +37,30 @@ class PrintHandler(Handler):
     def __init__(self, dump: bool = False) -> None:
         self.dump = dump
 
-    def data(self, message: bytes) -> HookResult:
+    def data(self, message: Message) -> HookResult:
         env = self.envelope
         log.info(
             "message from=<%s> to=%s size=%d",
-            log_escape(env.sender),
+            log_escape(env.sender or ""),
             ",".join(f"<{log_escape(r)}>" for r in env.recipients),
-            len(message),
+            message.size,
         )
         if self.dump:
-            text = message.decode("utf-8", errors="replace").replace("\r\n", "\n")
-            print(
-                f"{_RULE} MESSAGE FOLLOWS {_RULE}\n{text}\n{_RULE} END MESSAGE {_RULE}",
-                flush=True,
-            )
+            _dump(message)
         return Accept()
+
+
+def _dump(message: Message) -> None:
+    """Print the message a piece at a time, however large: CRLF as newlines, undecodable
+    bytes as U+FFFD."""
+    out = sys.stdout
+    out.write(f"{_RULE} MESSAGE FOLLOWS {_RULE}\n")
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    held = ""  # a CR that may be the first half of a CRLF split between two pieces
+    for piece in message.chunks():
+        text = held + decoder.decode(piece)
+        held = "\r" if text.endswith("\r") else ""
+        out.write(text[: len(text) - len(held)].replace("\r\n", "\n"))
+    out.write(held + decoder.decode(b"", final=True))
+    out.write(f"\n{_RULE} END MESSAGE {_RULE}\n")
+    out.flush()

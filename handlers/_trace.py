@@ -20,9 +20,7 @@ import email.utils
 import re
 from typing import Final
 
-from smtp_core import Message
-
-from ._session import Session
+from ._session import Envelope, Session
 
 __all__ = ["format_received", "log_escape", "received_header", "transmission_type"]
 
@@ -93,10 +91,13 @@ def format_received(
 
 
 def received_header(
-    session: Session, message: Message, *, hostname: str, queue_id: str | None
+    session: Session, envelope: Envelope, *, hostname: str, queue_id: str | None
 ) -> bytes:
-    """The `Received:` header the server prepends to `message`. The recipient is named only
-    when there is one, so that Bcc recipients stay hidden (as Postfix does)."""
+    """The `Received:` header the server writes first in the message of `envelope`. The
+    recipient is named only when there is one, so that Bcc recipients stay hidden (as Postfix
+    does)."""
+    recipients = envelope.recipients
+    params = envelope.mail_params
     return format_received(
         helo=session.helo_name,
         client_ip=session.client_ip,
@@ -104,8 +105,8 @@ def received_header(
         protocol=transmission_type(session),
         queue_id=queue_id,
         tls_version=session.tls_version,
-        recipient=message.recipients[0] if len(message.recipients) == 1 else None,
-        utf8=message.params.smtputf8,
+        recipient=recipients[0] if len(recipients) == 1 else None,
+        utf8=params is not None and params.smtputf8,
     )
 
 

@@ -355,10 +355,7 @@ class ServerConnection:
     def _answer_error(self, exc: RemoteProtocolError) -> None:
         assert exc.reply_hint is not None
         self._write(exc.reply_hint)
-        if exc.fatal:
-            self._close(CloseReason.ERRORS)
-        else:
-            self._count_error()
+        self._count_error()
 
     def _count_error(self) -> None:
         self._errors += 1

@@ -1,9 +1,9 @@
 """The error model.
 
 Peer mistakes never escape the engine: parsing code raises `RemoteProtocolError` carrying the
-reply to send, and `ServerConnection.next_event()` turns it into that reply (a 421 and a close
-when it is fatal). `LocalProtocolError` is the only error the application sees, and it means
-the application misused the engine (answering an event twice, say).
+reply to send, and `ServerConnection.next_event()` turns it into that reply (and a 421 and a
+close once the errors reach the limit). `LocalProtocolError` is the only error the application
+sees, and it means the application misused the engine (answering an event twice, say).
 """
 
 from __future__ import annotations
@@ -31,11 +31,10 @@ class LocalProtocolError(ProtocolError):
 
 
 class RemoteProtocolError(ProtocolError):
-    """The peer broke SMTP. The engine answers it with `reply_hint`; with `fatal`, it closes."""
+    """The peer broke SMTP. The engine answers it with `reply_hint` and counts an error."""
 
-    def __init__(self, msg: str, reply_hint: Reply, *, fatal: bool = False) -> None:
+    def __init__(self, msg: str, reply_hint: Reply) -> None:
         super().__init__(msg, reply_hint)
-        self.fatal = fatal
 
 
 def peer_error(code: int, enhanced: str | None, text: str) -> RemoteProtocolError:

@@ -13,6 +13,7 @@ from smtpkit.handlers import Handler, HandlerFactory
 from ._lifecycle import Lifecycle, Refusal
 from ._limits import ConnectionLimits
 from ._pump import HookPlan, Pump, plan_for
+from ._spool import DEFAULT_MAX_BYTES, DEFAULT_THRESHOLD, Spooler
 
 __all__ = ["LINGER", "App", "ServerOptions"]
 
@@ -62,6 +63,14 @@ class ServerOptions:
     grace_period: float = 30.0
     #: Prepend a Received: header to each message, as Postfix does.
     received_header: bool = True
+    #: A message's content stays in memory up to this many bytes, then goes to a spool file.
+    spool_threshold: int = DEFAULT_THRESHOLD
+    #: Where spool files go, in a folder of each server instance; None: smtpkit-spool-<uid> in
+    #: the system temp dir.
+    spool_dir: str | None = None
+    #: Spool files may use this many bytes of disk in all; content past it is dropped and
+    #: answered 452 4.3.1.
+    spool_max_bytes: int = DEFAULT_MAX_BYTES
     #: Open listeners with SO_REUSEPORT, so that several processes can share a port.
     reuse_port: bool = False
     #: The anyio transport's backend: "asyncio" or "trio".
@@ -89,6 +98,8 @@ class ServerOptions:
             raise ValueError("min_data_rate must be >= 0")
         if self.grace_period < 0:
             raise ValueError("grace_period must be >= 0")
+        if self.spool_threshold < 0 or self.spool_max_bytes < 0:
+            raise ValueError("spool_threshold and spool_max_bytes must be >= 0")
         if self.anyio_backend not in ("asyncio", "trio"):
             raise ValueError("anyio_backend is 'asyncio' or 'trio'")
 
@@ -105,6 +116,12 @@ class App:
         self.factory = factory
         self.options = options
         self.lifecycle = Lifecycle(options)
+        #: Where message content waits for the handler's decision.
+        self.spooler = Spooler(
+            threshold=options.spool_threshold,
+            folder=options.spool_dir,
+            max_bytes=options.spool_max_bytes,
+        )
         self._configs: dict[bool, Config] = {}  # keyed by whether the handler checks AUTH
         self._refusals: dict[Refusal, bytes] = {}
 
@@ -139,7 +156,7 @@ class App:
     ) -> Pump:
         """A session for a new connection; `tls`/`tls_version` for implicit TLS (SMTPS)."""
         handler = self.factory()
-        plan = plan_for(type(handler))
+        plan = plan_for(handler)
         conn = ServerConnection(self.config_for(plan), peer, tls=tls, auto_accept=plan.auto_accept)
         return Pump(
             conn,
@@ -147,6 +164,7 @@ class App:
             lifecycle=self.lifecycle,
             received_header=self.options.received_header,
             tls_version=tls_version,
+            spooler=self.spooler,
         )
 
     def refusal(self, reason: Refusal) -> bytes:

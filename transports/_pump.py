@@ -21,7 +21,6 @@ inline, so they never cost a trip to the pool. Events map to hooks through one t
 from __future__ import annotations
 
 import enum
-import inspect
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
@@ -37,7 +36,6 @@ from smtp_core import (
     LocalProtocolError,
     MailFrom,
     MailParams,
-    Message,
     Quit,
     RcptParams,
     RcptTo,
@@ -48,10 +46,24 @@ from smtp_core import (
     StartTLS,
     State,
 )
-from smtpkit.handlers import HOOKS, Accept, Close, Envelope, Handler, HookResult, Reject, Session
+from smtp_core import Message as MessageEvent
+from smtpkit.handlers import (
+    PLANNED_HOOKS,
+    Accept,
+    Close,
+    Envelope,
+    Handler,
+    HookResult,
+    Message,
+    Mode,
+    Reject,
+    Session,
+    modes_of,
+)
 from smtpkit.handlers._trace import log_escape, received_header
 
 from ._lifecycle import Deadline, Lifecycle, SessionClock
+from ._spool import Spool, Spooler
 
 __all__ = [
     "CLOSE",
@@ -72,19 +84,6 @@ __all__ = [
 log = logging.getLogger("smtpkit")
 
 
-class Mode(enum.Enum):
-    """Where a hook runs."""
-
-    #: Not overridden: answered inline with the default decision.
-    DEFAULT = "default"
-    #: A plain hook of a non-blocking handler: called inline on the I/O thread.
-    INLINE = "inline"
-    #: A plain hook: called on the worker pool, because it may block.
-    THREAD = "thread"
-    #: An async hook: awaited on the event loop.
-    ASYNC = "async"
-
-
 class Wait(enum.Enum):
     #: Flush, then read more bytes.
     NEED_DATA = "NEED_DATA"
@@ -100,7 +99,7 @@ CLOSE: Final = Wait.CLOSE
 
 
 #: What a hook is called with: names, addresses, parameters, the message.
-HookArg = str | bytes | MailParams | RcptParams
+HookArg = str | Message | MailParams | RcptParams
 #: What calling a hook gives: a decision (None from `reset` and `close`), or for an
 #: `async def` hook an awaitable of one.
 HookOutcome = HookResult | None | Awaitable[HookResult | None]
@@ -123,7 +122,7 @@ Action = HookCall | Wait
 @final
 @dataclass(frozen=True, slots=True)
 class HookPlan:
-    """Where each hook of one handler class runs, worked out once per class."""
+    """Where each hook of a handler runs, worked out once per set of modes."""
 
     modes: Mapping[str, Mode]
     #: Events the engine may accept by itself: their hooks are not overridden.
@@ -138,27 +137,22 @@ class HookPlan:
         return self.modes["auth"] is not Mode.DEFAULT
 
 
-_PLANS: dict[type[Handler], HookPlan] = {}
+#: One plan per distinct set of modes (a handful in any program).
+_PLANS: dict[tuple[Mode, ...], HookPlan] = {}
 
 
-def plan_for(cls: type[Handler]) -> HookPlan:
-    """The HookPlan of a handler class, computed on first use."""
-    plan = _PLANS.get(cls)
+def plan_for(handler: Handler | type[Handler]) -> HookPlan:
+    """The HookPlan of a handler, or of a handler class: where its hooks run, as its
+    `hook_modes()` say (read from the class, or a Pipeline's own), computed on first use."""
+    modes = modes_of(handler) if isinstance(handler, type) else handler.hook_modes()
+    key = tuple(modes[name] for name in PLANNED_HOOKS)
+    plan = _PLANS.get(key)
     if plan is None:
-        plan = _PLANS[cls] = _make_plan(cls)
+        plan = _PLANS[key] = _make_plan(dict(zip(PLANNED_HOOKS, key)))
     return plan
 
 
-def _make_plan(cls: type[Handler]) -> HookPlan:
-    modes = {}
-    for name in (*HOOKS, "reset", "close"):
-        fn = getattr(cls, name)
-        if fn is getattr(Handler, name):
-            modes[name] = Mode.DEFAULT
-        elif inspect.iscoroutinefunction(fn):
-            modes[name] = Mode.ASYNC
-        else:
-            modes[name] = Mode.THREAD if cls.blocking else Mode.INLINE
+def _make_plan(modes: dict[str, Mode]) -> HookPlan:
     auto = frozenset(
         event for event in _AUTO_ACCEPTABLE if modes[_ROUTES[event].hook or ""] is Mode.DEFAULT
     )
@@ -176,6 +170,7 @@ _BUSY_TEXT: Final = ("Error: server busy, try again later",)
 _UNAVAILABLE: Final = Reply(code=451, text=_BUSY_TEXT, enhanced="4.3.0")
 _WELCOME_UNAVAILABLE: Final = Reply(code=421, text=_BUSY_TEXT, enhanced="4.3.0")
 _ACCEPT: Final = Accept()
+_NO_STORAGE: Final = Reply(code=452, text=("Error: insufficient system storage",), enhanced="4.3.1")
 
 
 @final
@@ -189,8 +184,9 @@ class _Route:
     fields: tuple[str, ...] = ()
     #: The answer when no hook runs; None when the event takes none.
     default: HookResult | None = _ACCEPT
-    #: Work done before the hook is called, which gives its arguments instead of `fields`.
-    prepare: Callable[[Pump, Event], tuple[HookArg, ...]] | None = None
+    #: Work done before the hook is called, which gives its arguments instead of `fields`,
+    #: or the answer to send without calling it.
+    prepare: Callable[[Pump, Event], tuple[HookArg, ...] | Reply] | None = None
 
 
 _ROUTES: Final[Mapping[type[Event], _Route]] = {
@@ -199,7 +195,7 @@ _ROUTES: Final[Mapping[type[Event], _Route]] = {
     AuthCredentials: _Route("auth", ("username", "password"), default=Reject()),
     MailFrom: _Route("mail", ("sender", "params")),
     RcptTo: _Route("rcpt", ("recipient", "params")),
-    Message: _Route("data", prepare=lambda pump, event: pump._message_arrived(event)),
+    MessageEvent: _Route("data", prepare=lambda pump, event: pump._message_arrived(event)),
     StartTLS: _Route(None),
     Quit: _Route(None, default=None),
     Reset: _Route("reset", default=None),
@@ -222,10 +218,11 @@ class Pump:
         received_header: bool = True,
         tls_version: str | None = None,
         queue_id: Callable[[], str] = new_queue_id,
+        spooler: Spooler | None = None,
     ) -> None:
         self.conn = conn
         self.handler = handler
-        self.plan = plan_for(type(handler))
+        self.plan = plan_for(handler)
         self.session = Session(conn, tls_version)
         self.envelope = Envelope(conn)
         handler.bind(self.session, self.envelope)
@@ -234,6 +231,9 @@ class Pump:
         self.clock = SessionClock(lifecycle)
         self.received_header = received_header
         self._queue_id = queue_id
+        self.spooler = spooler if spooler is not None else _default_spooler()
+        #: The content of the message in progress, from DATA/BDAT until it is answered.
+        self._spool: Spool | None = None
         self._started = lifecycle.clock()
         self._stress = False
         self._call: HookCall | None = None
@@ -380,6 +380,7 @@ class Pump:
         self._event = None
         self.clock.hook_ended()
         self.clock.handshake_ended()
+        self._drop_spool()
         self.conn.abort(reply)
         return self.conn.data_to_send()
 
@@ -410,7 +411,11 @@ class Pump:
     def _dispatch(self, event: Event) -> HookCall | None:
         route = _ROUTES[type(event)]
         if route.prepare is not None:
-            args = route.prepare(self, event)
+            prepared = route.prepare(self, event)
+            if isinstance(prepared, Reply):
+                self._finish(event, prepared)
+                return None
+            args = prepared
         else:
             args = tuple(getattr(event, name) for name in route.fields)
         mode = Mode.DEFAULT if route.hook is None else self.plan.modes[route.hook]
@@ -435,13 +440,26 @@ class Pump:
         log.info("connect from %s", self.peer_text)
         return (self.session.client_ip,)
 
-    def _message_arrived(self, event: Event) -> tuple[HookArg, ...]:
-        assert type(event) is Message
+    def _message_arrived(self, event: Event) -> tuple[HookArg, ...] | Reply:
+        assert type(event) is MessageEvent
+        spool = self._start_spool()
+        spool.write(event.content)
+        if spool.overflowed:
+            return _NO_STORAGE
+        return (spool.message(),)
+
+    def _start_spool(self) -> Spool:
+        """The spool of the message that begins, its `Received:` header written first."""
         self.envelope.queue_id = self._queue_id()
-        content = event.content
+        spool = self._spool = self.spooler.new()
         if self.received_header:
-            content = self._received(event) + content
-        return (content,)
+            spool.write(self._received())
+        return spool
+
+    def _drop_spool(self) -> None:
+        spool, self._spool = self._spool, None
+        if spool is not None:
+            spool.discard()
 
     def _closed(self, event: Event) -> tuple[HookArg, ...]:
         assert type(event) is Closed
@@ -466,12 +484,13 @@ class Pump:
                 result,
             )
             answer = _WELCOME_ERROR if type(event) is Connected else _INTERNAL_ERROR
-        if type(event) is Message:
-            assert isinstance(event, Message)
+        if type(event) is MessageEvent:
+            assert isinstance(event, MessageEvent)
             answer = self._message_done(event, answer)
+            self._drop_spool()
         self.conn.send(answer, event)
 
-    def _message_done(self, event: Message, result: HookResult) -> HookResult:
+    def _message_done(self, event: MessageEvent, result: HookResult) -> HookResult:
         qid = self.envelope.queue_id
         if isinstance(result, Accept) and result.text is None:
             result = Accept(f"Ok: queued as {qid}")
@@ -482,15 +501,18 @@ class Pump:
             qid,
             log_escape(event.sender),
             len(event.recipients),
-            len(event.content),
+            self._spool.size if self._spool is not None else 0,
             self.peer_text,
             _describe(result),
         )
         return result
 
-    def _received(self, event: Message) -> bytes:
+    def _received(self) -> bytes:
         return received_header(
-            self.session, event, hostname=self.conn.config.hostname, queue_id=self.envelope.queue_id
+            self.session,
+            self.envelope,
+            hostname=self.conn.config.hostname,
+            queue_id=self.envelope.queue_id,
         )
 
     @property
@@ -509,6 +531,16 @@ class Pump:
             self.messages,
             self.lifecycle.clock() - self._started,
         )
+
+
+_DEFAULT_SPOOLER: list[Spooler] = []
+
+
+def _default_spooler() -> Spooler:
+    """The spool of pumps made without a server (tests, embedding): one per process."""
+    if not _DEFAULT_SPOOLER:
+        _DEFAULT_SPOOLER.append(Spooler())
+    return _DEFAULT_SPOOLER[0]
 
 
 def _describe(result: HookResult) -> str:

@@ -140,8 +140,15 @@ class Server:
             raise
         self.addresses = [sock.getsockname()[:2] for sock in plain]
         self.tls_addresses = [sock.getsockname()[:2] for sock in secure]
-        if self._user:
-            drop_privileges(self._user)
+        try:
+            if self._user:
+                drop_privileges(self._user)
+            # As the user that serves: its spool folder, and those of dead instances gone.
+            self.app.spooler.start()
+        except BaseException:
+            for sock in (*plain, *secure):
+                sock.close()
+            raise
         return plain, secure
 
     def start(self) -> Server:
@@ -177,6 +184,7 @@ class Server:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        self.app.spooler.stop()
 
     def serve_forever(self) -> None:
         """Serve in this thread until SIGTERM or SIGINT, then shut down gracefully."""
@@ -193,6 +201,7 @@ class Server:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            self.app.spooler.stop()
 
     def __enter__(self) -> Server:
         return self.start()

@@ -154,12 +154,12 @@ class ThreadsRunner(Runner):
 
     @classmethod
     def check(cls, app: App) -> None:
-        handler = app.handler_class()
+        handler = app.factory()
         hooks = plan_for(handler).async_hooks
         if hooks:
             names = ", ".join(f"{name}()" for name in hooks)
             raise ValueError(
-                f"the threads transport cannot run async hooks ({handler.__name__}: {names});"
+                f"the threads transport cannot run async hooks ({type(handler).__name__}: {names});"
                 " use --transport asyncio or --transport anyio, or make them plain def"
             )
 

@@ -172,12 +172,21 @@ def test_close_reasons_are_typed(data: bytes, reason: CloseReason) -> None:
     assert events[-1].reason is reason
 
 
+def test_abort_without_a_reply() -> None:
+    """The connection is gone: nothing to say, but the session still ends."""
+    conn = session()
+    conn.receive_data(b"MAIL FROM:<a@example.org>\r\nNOOP\r\n")
+    assert isinstance(conn.next_event(), MailFrom)
+    conn.abort(None)
+    assert conn.data_to_send() == b""
+    assert conn.next_event() == Closed(reason=CloseReason.ABORTED)
+
+
 def test_error_classes() -> None:
     with pytest.raises(TypeError):
         ProtocolError("abstract")
     error = RemoteProtocolError("bad", Reply(code=500))
     assert error.reply_hint == Reply(code=500)
-    assert not error.fatal
     assert LocalProtocolError("x").reply_hint is None
     assert issubclass(LocalProtocolError, ProtocolError)
 
