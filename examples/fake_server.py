@@ -20,7 +20,7 @@ import logging
 import socket
 
 from smtp_core import Config
-from smtpkit.handlers import Accept, Handler, HookResult, MailParams, RcptParams
+from smtpkit.handlers import Accept, Handler, HookResult, MailParams, Message, RcptParams
 from smtpkit.transports import ServerOptions, serve
 
 
@@ -33,7 +33,7 @@ class FakeHandler(Handler):
     def rcpt(self, recipient: str, params: RcptParams) -> HookResult:
         return Accept(f"<{recipient}>, recipient ok")
 
-    def data(self, message: bytes) -> HookResult:
+    def data(self, message: Message) -> HookResult:
         return Accept("Requested mail action okay, completed.")
 
 

@@ -6,7 +6,8 @@
         --users /etc/smtpkit/users --tls-cert cert.pem --tls-key key.pem \\
         --allow-relay-from 10.0.0.0/8
 
-What it does, hook by hook (docs/examples.md walks through it):
+It is a `Pipeline`: the policies, in order, then the relay (docs/handlers.md shows the same
+gateway as a configuration file, examples/gateway.toml). What it does, hook by hook:
 
 - welcome: a client whose address is in the --blocklist file (one CIDR per line), or listed
   by a --dnsbl zone, gets 421 and is disconnected;
@@ -14,7 +15,7 @@ What it does, hook by hook (docs/examples.md walks through it):
   because the gateway has an auth hook;
 - auth:    checks the --users file ("user:password" lines, plain or hashed);
 - rcpt:    no open relay: a recipient outside --local-domains needs AUTH or a client in an
-  --allow-relay-from network (550 5.7.1 Relay access denied); then the downstream MTA
+  --allow-relay-from network (554 5.7.1 Relay access denied); then the downstream MTA
   must accept the recipient too;
 - data:    the message goes to the --downstream MTA, before-queue: the client's answer is
   the downstream's.
@@ -23,40 +24,30 @@ What it does, hook by hook (docs/examples.md walks through it):
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import socket
 import sys
 
 from smtp_core import Config
-from smtpkit.handlers import (
-    CidrBlocklist,
-    Dnsbl,
-    Networks,
-    PasswordAuth,
-    PasswordFile,
-    RelayControl,
-    RelayHandler,
-)
+from smtpkit.handlers import Pipeline, Policy, Relay
+from smtpkit.handlers.policies import CidrBlocklist, Dnsbl, PasswordAuth, RelayControl
 from smtpkit.transports import ServerOptions, make_ssl_context, parse_address, serve
 
 
-class Gateway(CidrBlocklist, Dnsbl, RelayControl, PasswordAuth, RelayHandler):
-    """Checks first (in this order), delivery last. Each check is a class attribute."""
-
-
-def configure(args: argparse.Namespace) -> type[Gateway]:
-    """The Gateway, configured from the command line."""
-
-    class ConfiguredGateway(Gateway):
-        blocklist = Networks.load(args.blocklist) if args.blocklist else Networks()
-        dnsbl_zones = tuple(args.dnsbl)
-        dns_server = args.dns_server
-        relay_networks = Networks(args.allow_relay_from)
-        local_domains = frozenset(args.local_domains)
-        password_file = PasswordFile.load(args.users) if args.users else None
-
-    return ConfiguredGateway
+def gateway(args: argparse.Namespace) -> Pipeline:
+    """The checks first, in this order, and the relay to the downstream MTA last."""
+    policies: list[Policy] = []
+    if args.blocklist:
+        policies.append(CidrBlocklist.load(args.blocklist))
+    if args.dnsbl:
+        servers = [f"{args.dns_server[0]}:{args.dns_server[1]}"] if args.dns_server else None
+        policies.append(Dnsbl(*args.dnsbl, dns_servers=servers))
+    if args.users:
+        policies.append(PasswordAuth.load(args.users))
+    policies.append(RelayControl(networks=args.allow_relay_from, domains=args.local_domains))
+    host, port = args.downstream
+    relay = Relay(host, port, starttls=args.downstream_starttls, local_hostname=args.hostname)
+    return Pipeline(*policies, deliver=relay)
 
 
 def _domains(text: str) -> list[str]:
@@ -127,13 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if args.dnsbl:
-        import dns.resolver  # noqa: F401  (fail now, not at the first client: pip install dnspython)
-    gateway = configure(args)
-    host, port = args.downstream
-    factory = functools.partial(
-        gateway, host, port, starttls=args.downstream_starttls, local_hostname=args.hostname
-    )
+    factory = gateway(args)
     config = Config(hostname=args.hostname, auth_allow_plaintext=args.auth_allow_plaintext)
     ssl_context = make_ssl_context(args.tls_cert, args.tls_key) if args.tls_cert else None
     options = ServerOptions(config=config, listen=(args.listen,), ssl_context=ssl_context)

@@ -1,14 +1,16 @@
-"""An internal delivery MTA: the seed's second use case. It implements only mail, rcpt and data.
+"""An internal delivery MTA: the seed's second use case, as a Pipeline.
 
     python3 examples/mta.py --listen 127.0.0.1:10025 --maildir-root /srv/mail \\
         --local-domains example.org,example.net --local-users alice,bob
+    python3 examples/mta.py ... --lmtp-to 127.0.0.1:24    # hand each message to Dovecot
 
-- mail: any sender (the gateway in front of it did the checking);
-- rcpt: a recipient must be a --local-users user at one of the --local-domains
-  ("alice+lists@example.org" is alice); an unknown user gets 550 5.1.1, another domain
-  550 5.7.1;
-- data: the message is written to each recipient's own Maildir, <root>/<user>/new/, and
-  fsync'ed, before the 250.
+- rcpt: only the --local-domains are ours (554 5.7.1 Relay access denied for the rest), and a
+  recipient must be one of the --local-users there ("alice+lists@example.org" is alice); an
+  unknown user gets 550 5.1.1;
+- data: the message is written to each user's own Maildir, <root>/<user>/new/, and fsync'ed
+  before the 250; or, with --lmtp-to, handed to an LMTP server (Dovecot), whose verdict is ours.
+
+examples/mta.toml is the same MTA as a configuration file for `smtpkit serve --config`.
 """
 
 from __future__ import annotations
@@ -17,50 +19,43 @@ import argparse
 import logging
 import socket
 import sys
-from typing import ClassVar
 
 from smtp_core import Config
-from smtpkit.handlers import Accept, HookResult, MaildirHandler, MailParams, RcptParams, Reject
+from smtpkit.handlers import MaildirHandler, Pipeline, Relay
+from smtpkit.handlers.policies import RecipientTable, RelayControl
 from smtpkit.transports import ServerOptions, parse_address, serve
 
 
-class LocalMTA(MaildirHandler):
-    """Per-user Maildir delivery for a fixed set of domains and users."""
-
-    local_domains: ClassVar[frozenset[str]] = frozenset()
-    local_users: ClassVar[frozenset[str]] = frozenset()
-    #: "alice+lists@example.org" is delivered to alice (Postfix's recipient_delimiter).
-    delimiter: ClassVar[str] = "+"
+class UserMaildirs(MaildirHandler):
+    """One Maildir per local user: "alice+lists@example.org" is delivered to <root>/alice/."""
 
     def __init__(self, root: str) -> None:
         super().__init__(root, per_recipient=True)
 
-    def mail(self, sender: str, params: MailParams) -> HookResult:
-        return Accept(f"<{sender}>, sender ok")
-
-    def rcpt(self, recipient: str, params: RcptParams) -> HookResult:
-        _, at, domain = recipient.rpartition("@")
-        if at and domain.lower().rstrip(".") not in self.local_domains:
-            return Reject(550, f"5.7.1 <{recipient}>: Relay access denied")
-        if self.user(recipient) is None:
-            return Reject(550, f"5.1.1 <{recipient}>: Recipient address rejected: User unknown")
-        return Accept(f"<{recipient}>, recipient ok")
-
-    # data() is MaildirHandler's: one durable copy per mailbox, named by mailbox() below.
-
     def mailbox(self, recipient: str) -> str:
-        user = self.user(recipient)
-        if user is None:  # rcpt() let no such recipient through
-            raise ValueError(f"not a local user: {recipient!r}")
-        return user
+        local = recipient.rpartition("@")[0] or recipient
+        return local.lower().partition("+")[0] or local.lower()
 
-    def user(self, recipient: str) -> str | None:
-        """The local user of `recipient`, or None. A bare "Postmaster" is the user postmaster."""
-        local, at, _ = recipient.rpartition("@")
-        if not at:
-            local = recipient
-        name = local.lower().partition(self.delimiter)[0] if self.delimiter else local.lower()
-        return name if name in self.local_users else None
+
+def mta(args: argparse.Namespace) -> Pipeline:
+    """Our domains, then our users, then delivery."""
+    users = [f"{user}@{domain}" for domain in args.local_domains for user in args.local_users]
+    if args.lmtp_to:
+        host, port = args.lmtp_to
+        deliver: Relay | type[MaildirHandler] = Relay(host, port, lmtp=True, starttls="off")
+    else:
+        root = args.maildir_root
+
+        class Deliver(UserMaildirs):
+            def __init__(self) -> None:
+                super().__init__(root)
+
+        deliver = Deliver
+    return Pipeline(
+        RelayControl(domains=args.local_domains),  # trusts no network: a final destination
+        RecipientTable(users),
+        deliver=deliver,
+    )
 
 
 def _names(text: str) -> list[str]:
@@ -75,6 +70,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hostname", default=socket.getfqdn())
     p.add_argument(
         "--maildir-root", default="mail", metavar="DIR", help="each user's Maildir is DIR/<user>/"
+    )
+    p.add_argument(
+        "--lmtp-to",
+        type=lambda text: parse_address(text, 24),
+        metavar="HOST:PORT",
+        help="deliver to this LMTP server (Dovecot) instead of the Maildirs",
     )
     p.add_argument(
         "--local-domains",
@@ -96,16 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-
-    class ConfiguredMTA(LocalMTA):
-        local_domains = frozenset(args.local_domains)
-        local_users = frozenset(args.local_users)
-
-        def __init__(self) -> None:
-            super().__init__(args.maildir_root)
-
     config = Config(hostname=args.hostname, lmtp=args.lmtp)
-    serve(ConfiguredMTA, ServerOptions(config=config, listen=(args.listen,)), user=args.user)
+    serve(mta(args), ServerOptions(config=config, listen=(args.listen,)), user=args.user)
 
 
 if __name__ == "__main__":

@@ -2,57 +2,63 @@
 
 Write a `Handler` subclass with the hooks you need (welcome, ehlo, auth, mail, rcpt, data);
 each returns Accept, Reject or Close. Ready-made handlers: SinkHandler, PrintHandler,
-MaildirHandler (one Maildir, or one per recipient), RelayHandler (to a smarthost). Policies
-(CidrBlocklist, Dnsbl, RelayControl, PasswordAuth) go in front of a handler by inheritance:
-`class Gateway(CidrBlocklist, RelayControl, RelayHandler)`. `with_password_file()` gives
-any handler an `auth` hook backed by a `PasswordFile`.
+MaildirHandler (one Maildir, or one per recipient), RelayHandler (to a smarthost). Checks go in
+front of a deliverer as an ordered `Pipeline` of policies (`smtpkit.handlers.policies`):
+
+    Pipeline(CidrBlocklist.load("blocked"), RelayControl(networks=["10.0.0.0/8"]),
+             deliver=Relay("mx.internal.example.org", 25))
 """
 
 from smtp_core import Accept, Close, Decision, MailParams, RcptParams, Reject, Reply
 
-from ._authfile import SCHEMES, PasswordFile, hash_password, verify_password, with_password_file
-from ._handler import HOOKS, Handler, HandlerFactory, HookResult
+from ._deliver import LmtpRelayHandler, MaildirDelivery, Relay
+from ._handler import HOOKS, PLANNED_HOOKS, Handler, HandlerFactory, HookResult, Mode, modes_of
 from ._maildir import Maildir, MaildirHandler, mailbox_name
 from ._message import EditKind, HeaderEdit, Message
-from ._policies import CidrBlocklist, Dnsbl, Networks, PasswordAuth, Policy, RelayControl
+from ._pipeline import Context, Pipeline, Policy, PolicyResult, handler_class_of
 from ._ready import PrintHandler, SinkHandler
 from ._relay import RelayHandler
 from ._session import Envelope, Session
 from ._trace import log_escape
+from .policies import SCHEMES, PasswordFile, hash_password, verify_password
 
 __all__ = [
     "HOOKS",
+    "PLANNED_HOOKS",
     "SCHEMES",
     "Accept",
-    "CidrBlocklist",
     "Close",
+    "Context",
     "Decision",
-    "Dnsbl",
     "EditKind",
     "Envelope",
     "Handler",
     "HandlerFactory",
     "HeaderEdit",
     "HookResult",
+    "LmtpRelayHandler",
     "MailParams",
     "Maildir",
+    "MaildirDelivery",
     "MaildirHandler",
     "Message",
-    "Networks",
-    "PasswordAuth",
+    "Mode",
     "PasswordFile",
+    "Pipeline",
     "Policy",
+    "PolicyResult",
     "PrintHandler",
     "RcptParams",
     "Reject",
-    "RelayControl",
+    "Relay",
     "RelayHandler",
     "Reply",
     "Session",
     "SinkHandler",
+    "handler_class_of",
     "hash_password",
     "log_escape",
     "mailbox_name",
+    "modes_of",
     "verify_password",
-    "with_password_file",
 ]

@@ -8,7 +8,6 @@ loop). A hook the subclass does not override is answered inline, at no cost.
 from __future__ import annotations
 
 import enum
-import functools
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, ClassVar
@@ -113,17 +112,23 @@ class Handler:
 HandlerFactory = Callable[[], Handler]
 
 
-@functools.cache
+_MODES: dict[type[Handler], Mapping[str, Mode]] = {}
+
+
 def modes_of(cls: type[Handler]) -> Mapping[str, Mode]:
     """Where each hook of a handler class runs: DEFAULT when not overridden, ASYNC for an
-    `async def`, else THREAD, or INLINE when the class promises not to block."""
-    modes = {}
-    for name in PLANNED_HOOKS:
-        fn = getattr(cls, name)
-        if fn is getattr(Handler, name):
-            modes[name] = Mode.DEFAULT
-        elif inspect.iscoroutinefunction(fn):
-            modes[name] = Mode.ASYNC
-        else:
-            modes[name] = Mode.THREAD if cls.blocking else Mode.INLINE
+    `async def`, else THREAD, or INLINE when the class promises not to block. Worked out once
+    per class."""
+    modes = _MODES.get(cls)
+    if modes is None:
+        modes = _MODES[cls] = {name: _mode(cls, name) for name in PLANNED_HOOKS}
     return modes
+
+
+def _mode(cls: type[Handler], name: str) -> Mode:
+    fn = getattr(cls, name)
+    if fn is getattr(Handler, name):
+        return Mode.DEFAULT
+    if inspect.iscoroutinefunction(fn):
+        return Mode.ASYNC
+    return Mode.THREAD if cls.blocking else Mode.INLINE

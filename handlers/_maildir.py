@@ -4,6 +4,10 @@ The order is what makes it safe against a crash at any instant: write into tmp/,
 file, rename into new/, fsync the new/ directory. A reader never sees a partial file in new/,
 and a message the client saw accepted is on disk.
 
+A message is written from the spool a piece at a time, never loaded whole; a spooled message
+without header edits is not even copied when the spool is on the same file system: its file is
+hard-linked into tmp/ (then fsync'ed, renamed and the folder fsync'ed, in the same order).
+
 Two modes: a catcher (every message in one Maildir, the default) and per-recipient delivery
 into `<root>/<recipient>/`, where `mailbox_name()` maps each address to its own folder name,
 one-to-one, so that no two addresses share a mailbox and none leads outside the root.
@@ -14,6 +18,7 @@ are 36 hours old (the Maildir convention: a delivery in progress never takes tha
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import logging
@@ -24,13 +29,14 @@ import stat
 import string
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Final
 
 from smtp_core import Accept, Decision, Reject
 
 from ._handler import Handler, HookResult
+from ._message import Message
 from ._trace import log_escape
 
 __all__ = ["Maildir", "MaildirHandler", "mailbox_name"]
@@ -62,15 +68,21 @@ class Maildir:
         usec = int((now - sec) * 1_000_000)
         return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}.{self._host}"
 
-    def deliver(self, content: bytes) -> Path:
+    def deliver(self, content: Message | bytes) -> Path:
         """Store `content` atomically and durably; returns the file's path in new/."""
         name = self._unique_name()
         tmp = self.path / "tmp" / name
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        if isinstance(content, Message):
+            linked = not content.edits and content.path is not None and _link(content.path, tmp)
+            pieces: Iterable[bytes] = () if linked else content.chunks()
+        else:
+            linked, pieces = False, (content,)
+        fd = os.open(tmp, os.O_RDONLY) if linked else os.open(tmp, _CREATE, 0o600)
         try:
-            view = memoryview(content)
-            while view:
-                view = view[os.write(fd, view) :]
+            for piece in pieces:
+                view = memoryview(piece)
+                while view:
+                    view = view[os.write(fd, view) :]
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -87,6 +99,9 @@ class Maildir:
 
 
 _SUBFOLDERS: Final = ("tmp", "new", "cur")
+_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+#: os.link() failures that mean "copy instead": another file system, or links not allowed.
+_NO_LINK: Final = frozenset({errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOTSUP})
 #: The Maildir convention: a file in tmp/ untouched this many hours was left by a crash.
 _STALE_TMP_HOURS: Final = 36
 #: The Maildirs this process has cleaned: handlers are made per connection, the sweep is
@@ -103,6 +118,17 @@ _DIGEST: Final = 32
 #: What a name is cut back to, so that its head is whole characters: an escape cut in two, and
 #: the escapes of the last UTF-8 sequence (its lead byte and continuation bytes).
 _CUT_TAIL: Final = re.compile(r"(?:%[C-F][0-9A-F])?(?:%[89AB][0-9A-F])*(?:%[0-9A-F]?)?\Z")
+
+
+def _link(source: str, target: Path) -> bool:
+    """Hard-link the spool file `source` as `target`; False when it must be copied."""
+    try:
+        os.link(source, target)
+    except OSError as exc:
+        if exc.errno in _NO_LINK:
+            return False
+        raise
+    return True
 
 
 def _fsync_dir(path: Path) -> None:
@@ -246,7 +272,7 @@ class MaildirHandler(Handler):
             box = self._boxes[name] = Maildir(path)
         return box
 
-    def data(self, message: bytes) -> HookResult:
+    def data(self, message: Message) -> HookResult:
         if not self.per_recipient:
             try:
                 path = self.maildir.deliver(message)
@@ -257,7 +283,7 @@ class MaildirHandler(Handler):
             return Accept()
         return self._deliver_each(message)
 
-    def _deliver_each(self, message: bytes) -> HookResult:
+    def _deliver_each(self, message: Message) -> HookResult:
         verdicts: dict[str, Decision] = {}
         boxes: dict[Path, list[str]] = {}
         by_path: dict[Path, Maildir] = {}

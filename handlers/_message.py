@@ -98,7 +98,9 @@ class Message:
         self._size_edits = 0
 
     @classmethod
-    def spooled(cls, *, chunks: Iterable[bytes] = (), path: str | None = None, size: int) -> Message:
+    def spooled(
+        cls, *, chunks: Iterable[bytes] = (), path: str | None = None, size: int
+    ) -> Message:
         """The message held in memory as `chunks`, or in the file `path` (its `size` bytes);
         what the server's spool gives. The file must not change while the message is used."""
         message = cls()
@@ -147,7 +149,7 @@ class Message:
 
     def open(self) -> BinaryIO:
         """A binary file that reads the message, edits applied. Close it (or use `with`)."""
-        return io.BufferedReader(_ChunkReader(self.chunks()), buffer_size=64 * 1024)  # type: ignore[return-value]
+        return io.BufferedReader(_ChunkReader(self.chunks()), buffer_size=64 * 1024)
 
     def read(self) -> bytes:
         """The whole message as bytes, edits applied: for small messages."""
@@ -228,7 +230,7 @@ def _removes(edit: HeaderEdit, field: bytes) -> bool:
 
 def _head(raw: Iterator[bytes]) -> tuple[bytearray, bool]:
     """Up to HEADER_SCAN bytes from `raw`, enough to hold the header section when it is that
-    small; and whether the end of the header section is in them."""
+    small; and whether the end of the header section (or of the content) is in them."""
     head = bytearray()
     for piece in raw:
         start = max(0, len(head) - 3)
@@ -237,7 +239,7 @@ def _head(raw: Iterator[bytes]) -> tuple[bytearray, bool]:
             return head, True
         if len(head) >= HEADER_SCAN:
             return head, False
-    return head, False
+    return head, True  # the whole content
 
 
 def _fields(head: bytes | bytearray, ended: bool) -> tuple[list[tuple[int, int]], int]:

@@ -31,9 +31,10 @@ from smtp_core import Accept, Close, Decision, MailParams, RcptParams, Reject, R
 from ._handler import HOOKS, PLANNED_HOOKS, Handler, HandlerFactory, HookResult, Mode, modes_of
 
 if TYPE_CHECKING:
+    from ._message import Message
     from ._session import Envelope, Session
 
-__all__ = ["Context", "Pipeline", "Policy", "PolicyResult"]
+__all__ = ["Context", "Pipeline", "Policy", "PolicyResult", "handler_class_of"]
 
 #: What a policy hook answers: a decision, or None to ask the next policy.
 PolicyResult = Decision | Reply | None
@@ -110,11 +111,12 @@ class Policy:
     ) -> PolicyResult | Awaitable[PolicyResult]:
         return None
 
-    def data(self, ctx: Context, message: Any) -> PolicyResult | Awaitable[PolicyResult]:
+    def data(self, ctx: Context, message: Message) -> PolicyResult | Awaitable[PolicyResult]:
         return None
 
-    def edit(self, ctx: Context, message: Any) -> Awaitable[None] | None:
-        """Change the message (add or remove headers); runs after every check of data."""
+    def edit(self, ctx: Context, message: Message) -> Awaitable[None] | None:
+        """Change the message (`message.add_header()`, `remove_header()`); runs after every
+        check of data, whatever they answered, and before the deliverer."""
         return None
 
     def checks(self) -> tuple[str, ...]:
@@ -152,8 +154,11 @@ class _Stage:
     delivers: bool
 
 
-def _deliverer_class(deliver: object) -> type[Handler]:
-    """The Handler class a deliverer factory makes, found without making one when it can be."""
+def handler_class_of(deliver: object) -> type[Handler]:
+    """The Handler class a deliverer (a handler factory) makes, found without making one when
+    it can be; TypeError for what cannot deliver (a policy, a Handler instance, a Pipeline)."""
+    if isinstance(deliver, Pipeline):
+        raise TypeError(f"deliver={deliver!r} is a Pipeline: list its policies in this one instead")
     if isinstance(deliver, type):
         if issubclass(deliver, Handler):
             return deliver
@@ -233,7 +238,7 @@ class Pipeline:
         self.policies: tuple[Policy, ...] = policies
         self.deliver = deliver
         self.open_relay = open_relay
-        self.deliverer_class = cls = _deliverer_class(deliver)
+        self.deliverer_class = cls = handler_class_of(deliver)
         self._check_reachable()
         self._check_relay(cls)
         deliverer_modes = modes_of(cls)
@@ -400,7 +405,7 @@ class _Connection(Handler):
     def rcpt(self, recipient: str, params: RcptParams) -> HookResult | Awaitable[HookResult]:
         return self._run("rcpt", recipient, params)
 
-    def data(self, message: bytes) -> HookResult | Awaitable[HookResult]:
+    def data(self, message: Message) -> HookResult | Awaitable[HookResult]:
         return self._run("data", message)
 
     def reset(self) -> Awaitable[None] | None:

@@ -7,7 +7,9 @@ upstream 4xx becomes our 4xx, a 5xx our 5xx, and a smarthost we cannot reach giv
 so the client keeps the message until someone can take it.
 
 The hooks are plain `def`s around the stdlib's blocking `smtplib`; the framework runs them on
-its worker pool, never on the event loop.
+its worker pool, never on the event loop. The message is streamed from the spool a piece at a
+time, never loaded whole: in BDAT chunks when the smarthost offers CHUNKING (RFC 3030), else as
+dot-stuffed DATA.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ import smtplib
 import socket
 import ssl
 import threading
-from collections.abc import Callable
-from typing import Any, Final, Literal
+from collections.abc import Callable, Generator, Iterator
+from typing import Any, ClassVar, Final, Literal
 
 from smtp_core import Accept, MailParams, RcptParams, Reply
 
 from ._handler import Handler, HookResult
+from ._message import Message
 
 __all__ = ["RelayHandler", "StartTLS"]
 
@@ -55,6 +58,8 @@ _NO_PLAINTEXT_AUTH: Final = Reply(
 _NO_UTF8: Final = Reply(
     code=553, text=("Error: relay host does not support SMTPUTF8",), enhanced="5.6.7"
 )
+#: BDAT chunks are about this large: a round trip each.
+_BDAT_SIZE: Final = 1 << 20
 _INTERNAL: Final = Reply(code=451, text=("Error: internal relay error",), enhanced="4.3.0")
 
 
@@ -135,6 +140,11 @@ class RelayHandler(Handler):
     Put policies (CidrBlocklist, RelayControl, ...) in front of it by inheritance.
     """
 
+    #: Sends mail to other hosts: a Pipeline delivering with it needs relay control.
+    delivers_onward: ClassVar[bool] = True
+    #: The client it talks to the smarthost with (smtplib.LMTP for an LMTP server).
+    client_class: ClassVar[type[smtplib.SMTP]] = smtplib.SMTP
+
     def __init__(
         self,
         host: str,
@@ -205,7 +215,7 @@ class RelayHandler(Handler):
         with self._lock:
             return self._guard(self._rcpt, recipient, params)
 
-    def data(self, message: bytes) -> HookResult:
+    def data(self, message: Message) -> HookResult:
         with self._lock:
             return self._guard(self._data, message)
 
@@ -277,18 +287,20 @@ class RelayHandler(Handler):
         code, text = client.docmd("RCPT", f"TO:<{recipient}>{options}")
         return self._verdict("RCPT", code, text)
 
-    def _data(self, message: bytes) -> HookResult:
+    def _data(self, message: Message) -> HookResult:
         client = self._require()
-        try:
-            code, text = client.data(message)
-        except smtplib.SMTPDataError as exc:
-            # The reply to DATA itself was not 354: the upstream transaction stays open until
-            # the RSET that the next MAIL sends.
-            code, text = exc.smtp_code, _as_bytes(exc.smtp_error)
+        if client.has_extn("chunking"):
+            code, text = _send_bdat(client, message)
         else:
+            code, text = _send_data(client, message)
+        if code >= 0:
             # The end of the message ends the transaction; but after a refusal some servers
             # (Postfix, after smtpd_end_of_data_restrictions) still hold it, so RSET first then.
             self._open = code // 100 != 2
+        else:
+            # DATA (or a BDAT chunk before the last) was refused: the upstream transaction stays
+            # open until the RSET that the next MAIL sends.
+            code = -code
         if code // 100 == 2:
             log.info(
                 "%s: relayed to %s: %s",
@@ -349,7 +361,7 @@ class RelayHandler(Handler):
         if self._client is not None:
             return self._client
         try:
-            client = smtplib.SMTP(
+            client = self.client_class(
                 self.host,
                 self.port,
                 local_hostname=self.local_hostname or _fqdn(),
@@ -471,6 +483,76 @@ class RelayHandler(Handler):
             log.exception("relaying to %s failed", self.upstream)
             self._drop()
             return _INTERNAL
+
+
+def _send_data(client: smtplib.SMTP, message: Message) -> tuple[int, bytes]:
+    """DATA, then the message dot-stuffed (RFC 5321 4.5.2) a piece at a time, then the final
+    dot: the upstream's reply to it. A refused DATA gives its code negated."""
+    client.putcmd("data")
+    code, text = client.getreply()
+    if code != 354:
+        return -code, text
+    last = b"\n"
+    for piece in _dot_stuffed(message.chunks()):
+        client.send(piece)
+        last = piece[-1:]
+    client.send(b".\r\n" if last == b"\n" else b"\r\n.\r\n")
+    return client.getreply()
+
+
+def _dot_stuffed(pieces: Iterator[bytes]) -> Iterator[bytes]:
+    """`pieces` with a dot added before every line that starts with one, across piece
+    boundaries: a line split between two pieces is still seen whole."""
+    line_start = True
+    for piece in pieces:
+        if not piece:
+            continue
+        stuffed = piece.replace(b"\n.", b"\n..")
+        if line_start and stuffed[:1] == b".":
+            yield b"."
+        yield stuffed
+        line_start = piece[-1:] == b"\n"
+
+
+def _send_bdat(client: smtplib.SMTP, message: Message) -> tuple[int, bytes]:
+    """The message as BDAT chunks, each answered before the next (RFC 3030): the reply to the
+    last. A chunk before the last that is refused gives its code negated."""
+    pieces = _coalesced(message.chunks())
+    piece = next(pieces, b"")
+    while True:
+        following = next(pieces, None)
+        last = following is None
+        client.send(f"BDAT {len(piece)}{' LAST' if last else ''}\r\n".encode("ascii"))
+        if piece:
+            client.send(piece)
+        code, text = client.getreply()
+        if last:
+            return code, text
+        if code // 100 != 2:
+            pieces.close()
+            return -code, text
+        assert following is not None
+        piece = following
+
+
+def _coalesced(pieces: Iterator[bytes], size: int = _BDAT_SIZE) -> Generator[bytes, None, None]:
+    """`pieces` joined into chunks of about `size` bytes (fewer round trips for BDAT)."""
+    try:
+        held = bytearray()
+        for piece in pieces:
+            if not held and len(piece) >= size:
+                yield piece
+                continue
+            held += piece
+            if len(held) >= size:
+                yield bytes(held)
+                held.clear()
+        if held:
+            yield bytes(held)
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
 
 
 def _as_bytes(value: bytes | str) -> bytes:

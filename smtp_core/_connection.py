@@ -4,6 +4,10 @@ Bytes go in with `receive_data()`, events come out of `next_event()`, decisions 
 `send()`, and every reply, the engine's own and the application's, leaves through one ordered
 buffer that `data_to_send()` drains, so pipelined replies keep command order. No I/O, no
 clocks, no threads.
+
+Message content is never held: it leaves as `MessageData` pieces while it arrives, and every
+message that began ends with exactly one `EndOfMessage` (which needs the decision) or
+`MessageAborted` (which needs none).
 """
 
 from __future__ import annotations
@@ -20,15 +24,18 @@ from ._errors import LocalProtocolError, RemoteProtocolError, peer_error
 from ._events import (
     NEED_DATA,
     PAUSED,
+    AbortReason,
     AuthCredentials,
     Closed,
     CloseReason,
     Connected,
+    EndOfMessage,
     Event,
     Hello,
     MailFrom,
     MailParams,
-    Message,
+    MessageAborted,
+    MessageData,
     Quit,
     RcptParams,
     RcptTo,
@@ -37,7 +44,7 @@ from ._events import (
     StartTLS,
 )
 from ._params import parse_mail_params, parse_rcpt_params
-from ._readers import ChunkReader, DataReader
+from ._readers import END, ChunkDone, ChunkReader, DataReader
 from ._receivebuffer import TOO_LONG, ReceiveBuffer, TooLong
 from ._reply import Reply, format_reply
 from ._sasl import MECHANISMS, Credentials, SaslMechanism, decode_response
@@ -45,8 +52,8 @@ from ._state import COMMAND_NAMES, FACTS, NEED_RCPT, UNKNOWN, Input, State, Trig
 
 __all__ = ["Answer", "ServerConnection"]
 
-#: What `send()` takes: a decision, a ready-made reply, or (LMTP, answering a Message) one
-#: decision per recipient.
+#: What `send()` takes: a decision, a ready-made reply, or (LMTP, answering an EndOfMessage)
+#: one decision per recipient.
 Answer = Decision | Reply | Mapping[str, Decision | Reply]
 
 _BAD_COMMAND_BYTES: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
@@ -137,6 +144,12 @@ class ServerConnection:
         self._rcpt_attempted = False
         self._data = DataReader(self.config)
         self._chunks = ChunkReader(self.config)
+        #: A message's content began (DATA, an accepted BDAT) and has not ended yet.
+        self._content_open = False
+        #: The message in progress ended under the command just read (RSET, EHLO between BDAT
+        #: chunks): MessageAborted goes out first, then `_held`, that command's event.
+        self._aborted: AbortReason | None = None
+        self._held: Event | None = None
 
     # ------------------------------------------------------------------ public state
 
@@ -253,22 +266,31 @@ class ServerConnection:
         """
         if self._pending is not None or self._state is State.STARTTLS:
             return PAUSED
-        if self._state is State.CLOSED:
-            return Closed(reason=self._close_reason)
+        if self._state is State.CLOSED and self._held is None:
+            return self._closed()
         while True:
-            try:
-                event = self._step()
-            except RemoteProtocolError as exc:
-                self._answer_error(exc)
-                event = None
+            if self._held is not None:
+                event: Event | Signal | None = self._held
+                self._held = None
+            else:
+                try:
+                    event = self._step()
+                except RemoteProtocolError as exc:
+                    self._answer_error(exc)
+                    event = None
+                if self._aborted is not None:
+                    reason, self._aborted = self._aborted, None
+                    if isinstance(event, Event):
+                        self._held = event
+                    return MessageAborted(reason=reason)
             if event is None:
                 if self.state is State.CLOSED:  # the property: mypy narrows attributes
-                    return Closed(reason=self._close_reason)
+                    return self._closed()
                 continue
             if event is NEED_DATA:
                 if self._eof:
                     self._close(CloseReason.EOF)
-                    return Closed(reason=CloseReason.EOF)
+                    return self._closed()
                 self._buf.compact()
                 return NEED_DATA
             assert isinstance(event, Event)  # _step() never returns PAUSED
@@ -293,7 +315,7 @@ class ServerConnection:
         if type(answer) in _DECISION_TYPES:
             return answer  # type: ignore[return-value]  # one of the four final classes
         if isinstance(answer, Mapping):
-            if not (self.config.lmtp and isinstance(pending, Message)):
+            if not (self.config.lmtp and isinstance(pending, EndOfMessage)):
                 raise LocalProtocolError("per-recipient answers are for LMTP messages only")
             for rcpt in pending.recipients:
                 if type(answer.get(rcpt)) not in _DECISION_TYPES:
@@ -366,7 +388,17 @@ class ServerConnection:
         self._write(_r(421, "4.7.0", f"{self.config.hostname} Error: too many errors"))
         self._close(CloseReason.ERRORS)
 
+    def _closed(self) -> Event:
+        """What a closed session says: that the message in progress was aborted, then Closed."""
+        if self._content_open:
+            self._content_open = False
+            return MessageAborted(reason=AbortReason.CLOSED)
+        return Closed(reason=self._close_reason)
+
     def _reset_transaction(self) -> None:
+        if self._content_open:
+            self._content_open = False
+            self._aborted = AbortReason.RESET
         self._sender = None
         self._mail_params = MailParams()
         self._recipients.clear()
@@ -445,22 +477,35 @@ class ServerConnection:
 
     def _read_data(self) -> Event | Signal | None:
         result = self._data.read(self._buf)
+        if type(result) is bytes:
+            return MessageData(data=result)
         if result is None:
             return NEED_DATA
-        if isinstance(result, Reply):
-            self._write(result)
-            self._reset_transaction()
-            self._go(Trigger.MESSAGE_DONE)
-            return None
-        return self._message(result)
+        if result is END:
+            return self._end_of_message(self._data.size)
+        if isinstance(result, AbortReason):
+            self._content_open = False
+            return MessageAborted(reason=result)
+        assert isinstance(result, Reply)  # the end of a failed message's text
+        self._write(result)
+        self._reset_transaction()
+        self._go(Trigger.MESSAGE_DONE)
+        return None
 
     def _read_chunk(self) -> Event | Signal | None:
         chunks = self._chunks
-        if not chunks.read(self._buf):
+        result = chunks.read(self._buf)
+        if type(result) is bytes:
+            return MessageData(data=result)
+        if result is None:
             return NEED_DATA
+        if isinstance(result, AbortReason):
+            self._content_open = False
+            return MessageAborted(reason=result)
+        assert result is ChunkDone.DONE
         refusal = chunks.refusal
         if refusal is not None:
-            if refusal.code == 552:
+            if refusal.code in _CONTENT_REFUSALS:  # the content itself: the transaction ends
                 self._reset_transaction()
                 self._go(Trigger.RESET)
                 self._write(refusal)
@@ -470,11 +515,12 @@ class ServerConnection:
             self._go(Trigger.CHUNK)
             self._write(_r(250, "2.0.0", f"{chunks.size} octets received"))
             return None
-        return self._message(chunks.content())
+        return self._end_of_message(chunks.sent)
 
-    def _message(self, content: bytes) -> Message:
-        return Message(
-            content=content,
+    def _end_of_message(self, size: int) -> EndOfMessage:
+        self._content_open = False
+        return EndOfMessage(
+            size=size,
             sender=self._sender or "",
             recipients=tuple(self._recipients),
             params=self._mail_params,
@@ -524,10 +570,11 @@ class ServerConnection:
         if arg:
             raise peer_error(501, "5.5.4", "Syntax: DATA")
         self._go(Trigger.DATA)
+        self._content_open = True
         self._data.start(self._buf)
         self._write(_GO_AHEAD, enhanced=False)
 
-    def _cmd_bdat(self, verb: str, arg: str) -> None:
+    def _cmd_bdat(self, verb: str, arg: str) -> Event | None:
         if not self.config.chunking:
             raise RemoteProtocolError("CHUNKING is off", _UNKNOWN)
         parts = arg.split(" ")
@@ -538,7 +585,14 @@ class ServerConnection:
         why = self._facts.refused.get("BDAT")
         refusal = None if why is None else self._out_of_sequence(why).reply_hint
         # The chunk is read in every case, so that the session stays in sync (RFC 3030 2).
-        self._chunks.start(int(parts[0]), last=len(parts) == 2, refusal=refusal)
+        chunks = self._chunks
+        chunks.start(int(parts[0]), last=len(parts) == 2, refusal=refusal)
+        if chunks.refusal is None:
+            self._content_open = True
+        elif self._content_open and chunks.refusal.code in _CONTENT_REFUSALS:
+            self._content_open = False  # the 552 ends the message that began
+            return MessageAborted(reason=AbortReason.TOO_LARGE)
+        return None
 
     def _cmd_rset(self, verb: str, arg: str) -> Event:
         if arg:
@@ -659,7 +713,7 @@ class ServerConnection:
     # ------------------------------------------------------------------ answers
 
     def _answer(self, event: Event, answer: Answer) -> None:
-        if self.config.lmtp and isinstance(event, Message):
+        if self.config.lmtp and isinstance(event, EndOfMessage):
             self._answer_lmtp_message(event, answer)
         else:  # check_answer() allows a mapping for an LMTP message only
             _ANSWERS[type(event)](self, event, cast("Decision | Reply", answer))
@@ -771,12 +825,12 @@ class ServerConnection:
             self._close(CloseReason.REFUSED)
 
     def _answer_message(self, event: Event, answer: Decision | Reply) -> None:
-        assert isinstance(event, Message)
+        assert isinstance(event, EndOfMessage)
         outcome, reply = self._decide(answer, _OK, _DATA_NO)
         self._write(reply)
         self._message_answered({outcome})
 
-    def _answer_lmtp_message(self, event: Message, answer: Answer) -> None:
+    def _answer_lmtp_message(self, event: EndOfMessage, answer: Answer) -> None:
         """RFC 2033 4.2: one reply per accepted recipient, in RCPT order."""
         outcomes: set[Outcome] = set()
         for rcpt in event.recipients:
@@ -808,6 +862,9 @@ class ServerConnection:
 
 
 _DECISION_TYPES: Final = frozenset({Accept, Reject, Close, Reply})
+#: Codes of the BDAT refusals about the content itself (too large, bare CR/LF): they end the
+#: transaction, unlike one out of sequence.
+_CONTENT_REFUSALS: Final = frozenset({550, 552})
 
 
 def _upper(text: str) -> str:
@@ -849,6 +906,6 @@ _ANSWERS: Final[dict[type[Event], _Answerer]] = {
     AuthCredentials: ServerConnection._answer_auth,
     MailFrom: ServerConnection._answer_mail,
     RcptTo: ServerConnection._answer_rcpt,
-    Message: ServerConnection._answer_message,
+    EndOfMessage: ServerConnection._answer_message,
     StartTLS: ServerConnection._answer_starttls,
 }

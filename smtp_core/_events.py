@@ -11,19 +11,26 @@ import enum
 from dataclasses import dataclass, field
 from typing import Final, final
 
+#: The most octets one `MessageData` event carries.
+CHUNK_SIZE: Final = 64 * 1024
+
 __all__ = [
+    "CHUNK_SIZE",
     "DECISION_EVENTS",
     "NEED_DATA",
     "PAUSED",
+    "AbortReason",
     "AuthCredentials",
     "CloseReason",
     "Closed",
     "Connected",
+    "EndOfMessage",
     "Event",
     "Hello",
     "MailFrom",
     "MailParams",
-    "Message",
+    "MessageAborted",
+    "MessageData",
     "Quit",
     "RcptParams",
     "RcptTo",
@@ -65,6 +72,23 @@ class CloseReason(enum.Enum):
     FORBIDDEN = "forbidden"
     #: The application called `abort()`.
     ABORTED = "aborted"
+
+
+class AbortReason(enum.Enum):
+    """Why a message ended without `EndOfMessage`: `MessageAborted.reason`."""
+
+    __hash__ = object.__hash__
+
+    #: Past `Config.max_message_size` (552 follows, at the end of data or of the chunk).
+    TOO_LARGE = "too large"
+    #: A bare CR or LF in DATA text or a BDAT chunk (550 5.5.2 follows).
+    BARE_LINE_ENDING = "bare CR or LF"
+    #: A line longer than `Config.max_text_line` (500 5.5.6 follows).
+    LINE_TOO_LONG = "line too long"
+    #: The transaction was abandoned between BDAT chunks (RSET, HELO/EHLO).
+    RESET = "reset"
+    #: The session ended in the middle of the content: the peer closed, or `abort()`.
+    CLOSED = "closed"
 
 
 class Event:
@@ -144,17 +168,34 @@ class RcptTo(Event):
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Message(Event):
-    """The complete message, dot-unstuffed, with its envelope.
+class MessageData(Event):
+    """A piece of message content, as it arrives: DATA text dot-unstuffed, or BDAT octets.
+    At most `CHUNK_SIZE` octets. Needs no answer; `EndOfMessage` or `MessageAborted`
+    follows the last piece."""
 
-    In LMTP mode `send()` may answer it with a mapping of recipient to decision.
-    """
+    data: bytes = field(repr=False)
 
-    content: bytes = field(repr=False)
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndOfMessage(Event):
+    """The content is complete (`size` octets, in the `MessageData` before it); decide on the
+    message. In LMTP mode `send()` may answer it with a mapping of recipient to decision."""
+
+    size: int
     sender: str
     recipients: tuple[str, ...]
     params: MailParams
     rcpt_params: tuple[RcptParams, ...]
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageAborted(Event):
+    """The content that began will not be a message: drop what `MessageData` gave. The
+    engine answers the client itself (552, 550, ...) when the reason calls for a reply."""
+
+    reason: AbortReason
 
 
 @final
@@ -189,6 +230,6 @@ DECISION_EVENTS: Final[tuple[type[Event], ...]] = (
     AuthCredentials,
     MailFrom,
     RcptTo,
-    Message,
+    EndOfMessage,
     StartTLS,
 )

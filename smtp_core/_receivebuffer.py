@@ -88,11 +88,12 @@ class ReceiveBuffer:
         self._dot_lines = False
         self._scan = self._pos
 
-    @property
-    def dot_lines(self) -> bool:
-        """Whether a line of the text that `data_end()` found begins with a dot (after the first
-        line, which the caller checks): only then is there dot-stuffing to undo."""
-        return self._dot_lines
+    def rfind_crlf(self, within: int) -> int:
+        """Where the last CRLF in the next `within` unconsumed bytes begins, relative to the
+        read offset; -1 if there is none."""
+        pos = self._pos
+        found = self._data.rfind(b"\r\n", pos, pos + within)
+        return found - pos if found >= 0 else -1
 
     def data_end(self, at_start: bool) -> int:
         """The index just past the message text up to and including the CRLF before the final
@@ -127,13 +128,3 @@ class ReceiveBuffer:
     def skip(self, count: int) -> None:
         self._pos += count
         self._scan = self._pos
-
-    def discard_keeping_tail(self, keep: int) -> int:
-        """Drop all but the last `keep` unconsumed bytes (an oversized message); returns how
-        many were dropped."""
-        dropped = max(len(self) - keep, 0)
-        if dropped:
-            del self._data[: self._pos + dropped]
-            self._pos = 0
-            self._scan = 0
-        return dropped

@@ -126,7 +126,7 @@ def on_transports(*prefixes: str) -> pytest.MarkDecorator:
 
 def active_sessions(server: Server) -> int:
     """How many sessions the server holds a slot for."""
-    return server.app.limits.active
+    return server.active_sessions
 
 
 def check_released(servers: list[Server], sockets_before: int) -> None:

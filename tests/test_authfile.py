@@ -1,30 +1,24 @@
-"""PasswordFile, hash_password and with_password_file (handlers/_authfile.py)."""
+"""PasswordFile and hash_password (handlers/policies/_passwords.py), and PasswordAuth on them."""
 
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import smtplib
-import types
 from pathlib import Path
 
 import pytest
 
 from smtp_core import Config
 from smtpkit.handlers import (
-    Accept,
-    Handler,
-    MaildirHandler,
     PasswordFile,
-    Reject,
+    Pipeline,
     SinkHandler,
     hash_password,
     verify_password,
-    with_password_file,
 )
-from smtpkit.transports import App, Mode, ServerOptions, running_server
-from smtpkit.transports._pump import plan_for
+from smtpkit.handlers.policies import PasswordAuth
+from smtpkit.transports import running_server
 
 # Cheap costs, so the tests stay fast; the defaults are exercised once each.
 FAST_PBKDF2 = {"iterations": 1000}
@@ -240,94 +234,13 @@ def test_an_unknown_user_costs_a_real_check() -> None:
     assert calls == ["guess"]
 
 
-# ------------------------------------------------------------------------- with_password_file
-
+# ------------------------------------------------------------------------- PasswordAuth
 
 PASSWORDS = PasswordFile.parse(f"alice:secret\nbob:{hash_password('hunter2', **FAST_PBKDF2)}\n")
 
 
-def attach_session(handler: Handler) -> Handler:
-    handler.session = types.SimpleNamespace(client_ip="192.0.2.7")  # type: ignore[assignment]
-    return handler
-
-
-def test_a_handler_class_gets_an_auth_hook() -> None:
-    factory = with_password_file(SinkHandler, PASSWORDS)
-    assert isinstance(factory, type) and issubclass(factory, SinkHandler)
-    assert factory.blocking is True  # hashing is slow: auth() runs on the worker pool
-    assert SinkHandler.blocking is False  # the original is untouched
-    assert SinkHandler.auth is Handler.auth
-    handler = attach_session(factory())
-    assert handler.auth("alice", "secret") == Accept()
-    assert handler.auth("bob", "hunter2") == Accept()
-    assert handler.auth("bob", "secret") == Reject()
-    assert handler.auth("mallory", "secret") == Reject()
-    assert plan_for(factory).modes["auth"] is Mode.THREAD
-    assert plan_for(factory).offers_auth
-
-
-def test_the_app_offers_auth_for_it() -> None:
-    factory = with_password_file(SinkHandler, PASSWORDS)
-    app = App(factory, ServerOptions())
-    config = app.config_for(plan_for(app.handler_class()))
-    assert config.auth_mechanisms == ("PLAIN", "LOGIN")
-    assert config.auth_allow_plaintext is False
-    plain = App(SinkHandler, ServerOptions())
-    assert plain.config_for(plan_for(SinkHandler)).auth_mechanisms == ()
-
-
-def test_a_partial_keeps_its_arguments(tmp_path: Path) -> None:
-    factory = with_password_file(functools.partial(MaildirHandler, str(tmp_path)), PASSWORDS)
-    assert isinstance(factory, functools.partial)
-    handler = factory()
-    assert isinstance(handler, MaildirHandler)
-    assert handler.maildir.path == tmp_path
-    assert attach_session(handler).auth("alice", "secret") == Accept()
-
-
-def test_a_factory_function_and_slotted_handlers() -> None:
-    class Slotted(Handler):
-        __slots__ = ("envelope", "session", "tag")
-
-        def __init__(self, tag: str) -> None:
-            self.tag = tag
-
-        async def mail(self, sender: str, params: object) -> Accept:
-            return Accept()
-
-    made: list[Handler] = []
-
-    def factory() -> Handler:
-        made.append(Slotted("x"))
-        return made[-1]
-
-    wrapped = with_password_file(factory, PASSWORDS)
-    first, second = wrapped(), wrapped()
-    assert first is made[0] and second is made[1]
-    assert type(first) is type(second)  # one subclass, so one hook plan
-    assert isinstance(first, Slotted) and first.tag == "x"
-    assert attach_session(first).auth("alice", "secret") == Accept()
-    assert attach_session(second).auth("alice", "wrong") == Reject()
-    assert plan_for(type(first)).modes["mail"] is Mode.ASYNC
-
-
-def test_it_replaces_the_handlers_own_auth() -> None:
-    class Permissive(Handler):
-        def auth(self, user: str, password: str) -> Accept:
-            return Accept()
-
-    handler = attach_session(with_password_file(Permissive, PASSWORDS)())
-    assert handler.auth("anyone", "anything") == Reject()
-
-
-def test_not_a_handler_class() -> None:
-    with pytest.raises(TypeError):
-        with_password_file(int, PASSWORDS)  # type: ignore[arg-type]
-
-
-@pytest.mark.timeout(30)
 def test_smtp_login_end_to_end() -> None:
-    factory = with_password_file(SinkHandler, PASSWORDS)
+    factory = Pipeline(PasswordAuth(PASSWORDS), deliver=SinkHandler)
     config = Config(hostname="auth.test", auth_allow_plaintext=True)
     with running_server(factory, config=config) as server:
         for user, password in (("alice", "secret"), ("bob", "hunter2")):

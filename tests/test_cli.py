@@ -36,13 +36,16 @@ from support import WAIT
 from smtpkit.handlers import (
     Handler,
     MaildirHandler,
+    Mode,
     PasswordFile,
+    Pipeline,
     PrintHandler,
     RelayHandler,
     SinkHandler,
     hash_password,
     verify_password,
 )
+from smtpkit.handlers.policies import PasswordAuth
 from smtpkit.transports import ServerOptions, _cli, _flags, _hash_password
 from smtpkit.transports._cli import CLIError, ServeCommand, main, parse_serve
 from smtpkit.transports._configfile import read_config
@@ -229,26 +232,26 @@ def test_tls_flags(tls_files: TlsFiles) -> None:
     assert parse("--tls-cert", tls_files.combined).options.ssl_context is not None
 
 
-def test_auth_file_gives_the_handler_an_auth_hook(tmp_path: Path, tls_files: TlsFiles) -> None:
+def test_auth_file_puts_a_password_check_in_front(tmp_path: Path, tls_files: TlsFiles) -> None:
     auth_file = tmp_path / "passwords"
     auth_file.write_text(f"alice:secret\nbob:{hash_password('hunter2', **FAST)}\n")
     command = parse(
         "--handler", "sink", "--auth-file", str(auth_file), "--auth-allow-plaintext"
     )  # fmt: skip
     assert command.options.config.auth_allow_plaintext is True
-    factory = command.factory
-    assert isinstance(factory, type) and issubclass(factory, SinkHandler)
-    assert factory.blocking is True
-    assert factory.auth is not Handler.auth
+    pipeline = command.factory
+    assert isinstance(pipeline, Pipeline) and pipeline.deliverer_class is SinkHandler
+    (policy,) = pipeline.policies
+    assert isinstance(policy, PasswordAuth) and policy.passwords.users == ("alice", "bob")
+    assert pipeline.modes["auth"] is Mode.THREAD  # hashing is slow: off the event loop
     # Over TLS, no --auth-allow-plaintext is needed.
     command = parse(
         "--auth-file", str(auth_file), "--tls-cert", tls_files.cert, "--tls-key", tls_files.key,
         "--maildir", str(tmp_path / "box"),
     )  # fmt: skip
     assert command.options.config.auth_allow_plaintext is False
-    handler = command.factory()
-    assert isinstance(handler, MaildirHandler)
-    assert type(handler).auth is not Handler.auth
+    assert isinstance(command.factory, Pipeline)
+    assert command.factory.deliverer_class is MaildirHandler
 
 
 USER_MODULE = """
@@ -542,11 +545,12 @@ def test_every_server_flag_is_a_key(tmp_path: Path) -> None:
     from_file = parse("--config", config, "--maildir", str(tmp_path / "box"))
     assert comparable(from_file) == comparable(from_flags)
     assert from_file.options.stress_timeout == 2 and from_file.options.reuse_port is True
-    # The table's keys are exactly the flags, bar those the file says otherwise.
-    keys = {flag.key for flag in _flags.FLAGS if flag.key and flag.handler is None}
-    flags = {flag.dest for flag in _flags.FLAGS}
-    assert keys == flags - {"config", "handler", "maildir", "maildir_per_recipient", "dump",
-                            "relay", "relay_starttls", "relay_auth"}  # fmt: skip
+    # Every server flag is the top-level key of its name; a handler's options are [deliver]'s.
+    for flag in _flags.FLAGS:
+        if flag.handler is None and flag.name not in ("--config", "--handler"):
+            assert _flags.BY_KEY[flag.dest] is flag, flag.name
+        elif flag.handler is not None:
+            assert flag.dest not in _flags.BY_KEY, flag.name
 
 
 def test_the_command_line_wins_over_the_file(tmp_path: Path) -> None:
@@ -606,13 +610,17 @@ def test_deliver_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         auth = "{secret}"
         """,
     )
-    handler = parse("--config", config).factory()
+    pipeline = parse("--config", config).factory
+    assert isinstance(pipeline, Pipeline)  # relay control in front: loopback and logged-in users
+    handler = pipeline.deliver()
     assert isinstance(handler, RelayHandler)
     assert (handler.host, handler.port, handler.starttls) == ("smtp.example.net", 587, "required")
     assert (handler.username, handler.password) == ("me@example.net", "s3cret")
     assert handler.local_hostname == "gw.example.org"
     config = write(tmp_path / "d.toml", '[deliver]\ntype = "relay"\nhost = "mx.example.net"\n')
-    handler = parse("--config", config).factory()
+    pipeline = parse("--config", config).factory
+    assert isinstance(pipeline, Pipeline)
+    handler = pipeline.deliver()
     assert isinstance(handler, RelayHandler) and handler.port == 25  # RelayHandler's default
     (tmp_path / "smtpkit_cli_toml_user.py").write_text(USER_MODULE)
     monkeypatch.setattr(sys, "path", list(sys.path))
@@ -661,9 +669,9 @@ def test_check_config_names_file_line_and_key(
         f"{path}:12: deliver.starttls: invalid choice: 'sometimes' "
         "(choose from opportunistic, required, off)",
         f"{path}:13: deliver.dump: not a key of type 'relay' "
-        "(its keys: starttls, auth, host, port)",
+        "(its keys: starttls, auth, lmtp, host, port)",
         f"{path}:9: deliver.host: missing: the smarthost of type 'relay'",
-        f"{path}:15: policy: [[policy]] tables are not supported yet; remove them",
+        f'{path}:15: policy[1].zones: missing: the DNS zones to ask, e.g. ["zen.spamhaus.org"]',
     ]
 
 
@@ -681,7 +689,11 @@ def test_check_config_names_file_line_and_key(
         ("[deliver]\ntype='relay'\nhost='h'\nport=0\n", "4: deliver.port: expected a port"),
         ("timeout = 1\nx = = 2\ny = 3\n", "2: invalid TOML: "),
         ("timeout = 1\nx = [1,\n", "2: invalid TOML: "),  # at the end: the last line
-        ("[[policy]]\ntype = 'dnsbl'\n", "1: policy: [[policy]] tables are not supported yet"),
+        ("[[policy]]\ntype = 'dnsbl'\n", "1: policy[1].zones: missing: the DNS zones to ask"),
+        (
+            "[[policy]]\ntype = 'dnsbl'\nzones = ['x']\n[[policy]]\ntype = 'nope'\n",
+            "5: policy[2].type: 'nope' is not a policy type",
+        ),
     ],
 )
 def test_file_problems(tmp_path: Path, text: str, problem: str) -> None:

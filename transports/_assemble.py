@@ -26,13 +26,17 @@ from smtp_core import Config
 from smtpkit.handlers import (
     Handler,
     HandlerFactory,
+    LmtpRelayHandler,
     MaildirHandler,
     PasswordFile,
+    Pipeline,
+    Policy,
     PrintHandler,
     RelayHandler,
     SinkHandler,
-    with_password_file,
+    handler_class_of,
 )
+from smtpkit.handlers.policies import LOOPBACK, PasswordAuth, RelayControl
 
 from ._clierror import CLIError
 from ._command import ServeCommand
@@ -56,6 +60,8 @@ class Settings:
     values: Mapping[str, Any]
     #: destination -> "file:line: key", for the values that came from the file.
     origins: Mapping[str, str] = field(default_factory=dict)
+    #: The file's [[policy]] tables, built, each with where it is ("file:line: policy[N]").
+    policies: tuple[tuple[Policy, str], ...] = ()
 
     def given(self, dest: str) -> bool:
         return dest in self.values
@@ -116,7 +122,7 @@ def settings_of(given: Mapping[str, Any]) -> Settings:
         values.update(file.deliver)
     values.update(given)
     origins = {dest: where for dest, where in file.origins.items() if dest not in given}
-    return Settings(values, origins)
+    return Settings(values, origins, file.policies)
 
 
 def assemble(settings: Settings, environ: Mapping[str, str]) -> ServeCommand:
@@ -136,12 +142,14 @@ def assemble(settings: Settings, environ: Mapping[str, str]) -> ServeCommand:
 
     warnings: list[str] = []
     handler = _ready_or_imported(s)
-    factory, maildir = handler.factory, handler.maildir
-    if s.given("auth_file"):
-        if isinstance(factory, type) and _overrides_auth(factory):
-            warnings.append(f"--auth-file replaces the auth() of --handler {s.get('handler')}")
-        factory = with_password_file(factory, _password_file(s))
-    elif s.get("auth_allow_plaintext") and s.get("handler") in READY_HANDLERS:
+    maildir = handler.maildir
+    factory = _pipeline(s, handler.factory)
+    if (
+        not s.given("auth_file")
+        and s.get("auth_allow_plaintext")
+        and not s.policies
+        and (s.get("handler") in READY_HANDLERS)
+    ):
         warnings.append("--auth-allow-plaintext does nothing without --auth-file")
     if s.given("user"):
         _check_user(s)
@@ -169,8 +177,38 @@ def assemble(settings: Settings, environ: Mapping[str, str]) -> ServeCommand:
     )
 
 
-def _overrides_auth(cls: type) -> bool:
-    return issubclass(cls, Handler) and cls.auth is not Handler.auth
+def _pipeline(s: Settings, deliver: HandlerFactory) -> HandlerFactory:
+    """The deliverer behind the file's policies, --auth-file's PasswordAuth (which replaces
+    the file's password-auth) and relay control. With no [[policy]] table, a deliverer that
+    sends mail onward (relay) gets RelayControl over --relay-networks (default: loopback),
+    --relay-domains and authenticated clients, unless --open-relay."""
+    policies = [policy for policy, _ in s.policies]
+    if s.given("auth_file"):
+        kept = (p for p in policies if not isinstance(p, PasswordAuth))
+        policies = [PasswordAuth(_password_file(s)), *kept]
+    open_relay: bool = s.get("open_relay")
+    flags = [dest for dest in ("relay_networks", "relay_domains") if s.given(dest)]
+    if flags and (open_relay or any(p.controls_relay for p in policies)):
+        other = "--open-relay" if open_relay else "the relay-control policy of the file"
+        raise s.conflict(flags[0], f"goes against {other}")
+    default = not s.policies and not open_relay and not isinstance(deliver, Pipeline)
+    if default and (flags or handler_class_of(deliver).delivers_onward):
+        networks = s.get("relay_networks") if s.given("relay_networks") else LOOPBACK
+        control = RelayControl(networks=networks, domains=s.get("relay_domains") or ())
+        policies.insert(0, control)
+    if not policies:
+        return deliver
+    if isinstance(deliver, Pipeline):
+        raise CLIError(
+            f"{s.where('handler')} is a Pipeline: add --auth-file's PasswordAuth and relay "
+            "control to it rather than on the command line"
+        )
+    try:
+        return Pipeline(*policies, deliver=deliver, open_relay=open_relay)
+    except (TypeError, ValueError) as exc:
+        where = s.policies[0][1] if s.policies else s.where("handler")
+        fix = " (in the file: a [[policy]] of type relay-control, or open_relay = true)"
+        raise CLIError(f"{where}: {exc}{fix if 'relay' in str(exc) else ''}") from None
 
 
 def _fields(settings: Settings, target: Target) -> dict[str, Any]:
@@ -253,7 +291,7 @@ def _relay(s: Settings) -> _Handler:
         except ValueError as exc:
             raise s.error("relay_auth", str(exc)) from None
     factory = functools.partial(
-        RelayHandler,
+        LmtpRelayHandler if s.get("relay_lmtp") else RelayHandler,
         host,
         port,
         starttls=s.get("relay_starttls"),

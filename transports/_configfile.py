@@ -19,6 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, final
 
+from smtpkit.handlers import Policy
+from smtpkit.handlers.policies import ConfigError, build_policy, dns_servers_problem
+
 from ._flags import BY_KEY, FLAGS, READY_HANDLERS, Flag, Kind, default_of
 
 if sys.version_info >= (3, 11):
@@ -30,8 +33,10 @@ __all__ = ["FileSettings", "Problem", "read_config"]
 
 #: The table of the deliverer.
 DELIVER: Final = "deliver"
-#: The tables of policies, a later version's.
+#: The array of policy tables, in order.
 POLICY: Final = "policy"
+#: The resolvers of every DNS lookup (a top-level key that is not a flag).
+DNS_SERVERS: Final = "dns_servers"
 #: A ready handler's own keys in [deliver] beside those of its flags: the relay's smarthost.
 RELAY_HOST: Final = ("host", "port")
 
@@ -77,6 +82,8 @@ class FileSettings:
     deliver: dict[str, Any] = field(default_factory=dict)
     #: destination -> "file:line: key", to say where a value came from.
     origins: dict[str, str] = field(default_factory=dict)
+    #: Its [[policy]] tables, built, in order, and where each one is ("file:line: policy[N]").
+    policies: tuple[tuple[Policy, str], ...] = ()
     problems: tuple[Problem, ...] = ()
 
 
@@ -121,6 +128,13 @@ class _Reader:
     def read(self, document: Mapping[str, Any]) -> FileSettings:
         values: dict[str, Any] = {}
         deliver: dict[str, Any] = {}
+        policies: tuple[tuple[Policy, str], ...] = ()
+        shared = {}
+        why = dns_servers_problem(document.get(DNS_SERVERS, []))
+        if why is not None:
+            self._problem("", DNS_SERVERS, why)
+        else:
+            shared[DNS_SERVERS] = document.get(DNS_SERVERS, [])
         for key, value in document.items():
             flag = BY_KEY.get(key)
             if flag is not None:
@@ -128,14 +142,42 @@ class _Reader:
             elif key == DELIVER:
                 deliver = self._deliver(value)
             elif key == POLICY:
-                self._problem("", key, "[[policy]] tables are not supported yet; remove them")
+                policies = self._policies(value, shared)
+            elif key == DNS_SERVERS:
+                pass
             elif key == "handler":
                 self._problem("", key, 'not a key: give a [deliver] table with type = "..."')
             elif any(key in keys for keys in _DELIVER_KEYS.values()) or key in RELAY_HOST:
                 self._problem("", key, "goes in the [deliver] table")
             else:
                 self._problem("", key, _unknown(key, BY_KEY))
-        return FileSettings(self.path, values, deliver, self.origins, tuple(self.problems))
+        return FileSettings(
+            self.path, values, deliver, self.origins, policies, tuple(self.problems)
+        )
+
+    def _policies(
+        self, tables: object, shared: Mapping[str, Any]
+    ) -> tuple[tuple[Policy, str], ...]:
+        """Each [[policy]] table built into its policy; a problem for each that is wrong."""
+        if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+            self._problem("", POLICY, "expected [[policy]] tables")
+            return ()
+        built: list[tuple[Policy, str]] = []
+        for number, table in enumerate(tables, 1):
+            name = f"{POLICY}[{number}]"
+            try:
+                policy = build_policy(table, shared)
+            except ConfigError as exc:
+                if exc.key:
+                    self._problem(name, exc.key, exc.why)
+                else:  # about the table as a whole: its header's line
+                    self.problems.append(Problem(self.lines.of(name, "type"), name, exc.why))
+                continue
+            line = self.lines.of(name, "type")
+            built.append(
+                (policy, f"{self.path}:{line}: {name}" if line else f"{self.path}: {name}")
+            )
+        return tuple(built)
 
     def _deliver(self, table: object) -> dict[str, Any]:
         if not isinstance(table, dict):
@@ -239,11 +281,15 @@ class _Lines:
     def __init__(self, text: str) -> None:
         self._keys: dict[tuple[str, str], int] = {}
         self._tables: dict[str, int] = {}
+        arrays: dict[str, int] = {}  # [[name]] -> how many so far: the N of "name[N]"
         table = ""
         for number, line in enumerate(text.splitlines(), 1):
             header = self._HEADER.match(line)
             if header is not None:
                 table = header.group(1).replace('"', "").replace("'", "")
+                if line.lstrip().startswith("[["):
+                    arrays[table] = arrays.get(table, 0) + 1
+                    table = f"{table}[{arrays[table]}]"
                 self._tables.setdefault(table, number)
                 continue
             key = self._KEY.match(line)

@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import enum
 import inspect
+import ipaddress
 import math
 import socket
 from collections.abc import Callable, Mapping
@@ -185,6 +186,16 @@ def _text(metavar: str) -> Kind:
         return text
 
     return Kind(parse, (str,), metavar)
+
+
+def _network() -> Kind:
+    def parse(text: str) -> str:
+        try:
+            return str(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return Kind(parse, (str,), "CIDR")
 
 
 SWITCH: Final = Kind(None, (bool,), "")
@@ -424,6 +435,36 @@ def _flags() -> tuple[Flag, ...]:
             handler="relay",
             file_key="auth",
         ),
+        Flag(
+            "--relay-lmtp",
+            SWITCH,
+            Group.HANDLER,
+            "--handler relay: speak LMTP to the smarthost (Dovecot's lmtp), one recipient per "
+            "transaction",
+            handler="relay",
+            file_key="lmtp",
+        ),
+        Flag(
+            "--relay-networks",
+            _network(),
+            Group.HANDLER,
+            "clients that may relay to any domain, repeatable (replaces the default: loopback); "
+            "authenticated clients may too",
+            repeat=True,
+        ),
+        Flag(
+            "--relay-domains",
+            _text("DOMAIN"),
+            Group.HANDLER,
+            "domains anyone may send to through a relaying handler, repeatable",
+            repeat=True,
+        ),
+        Flag(
+            "--open-relay",
+            SWITCH,
+            Group.HANDLER,
+            "relay for anyone to any domain (no relay control): for tests behind a firewall",
+        ),
         # authentication
         Flag(
             "--auth-file",
@@ -508,6 +549,30 @@ def _flags() -> tuple[Flag, ...]:
             Group.LIMITS,
             "largest message accepted (SIZE); larger get 552",
             Target.CONFIG,
+            metavar="BYTES",
+        ),
+        Flag(
+            "--spool-threshold",
+            COUNT_OR_ZERO,
+            Group.LIMITS,
+            "message content stays in memory up to this size, then goes to a spool file",
+            Target.OPTIONS,
+            metavar="BYTES",
+        ),
+        Flag(
+            "--spool-dir",
+            _text("DIR"),
+            Group.LIMITS,
+            "where spool files go, in a folder per server process"
+            " (default: smtpkit-spool-UID in the system temp dir)",
+            Target.OPTIONS,
+        ),
+        Flag(
+            "--spool-max-bytes",
+            COUNT,
+            Group.LIMITS,
+            "disk all spool files may use; content past it gets 452 4.3.1",
+            Target.OPTIONS,
             metavar="BYTES",
         ),
         Flag(

@@ -31,11 +31,14 @@ from smtp_core import (
     AuthCredentials,
     Closed,
     Connected,
+    EndOfMessage,
     Event,
     Hello,
     LocalProtocolError,
     MailFrom,
     MailParams,
+    MessageAborted,
+    MessageData,
     Quit,
     RcptParams,
     RcptTo,
@@ -46,7 +49,6 @@ from smtp_core import (
     StartTLS,
     State,
 )
-from smtp_core import Message as MessageEvent
 from smtpkit.handlers import (
     PLANNED_HOOKS,
     Accept,
@@ -148,7 +150,7 @@ def plan_for(handler: Handler | type[Handler]) -> HookPlan:
     key = tuple(modes[name] for name in PLANNED_HOOKS)
     plan = _PLANS.get(key)
     if plan is None:
-        plan = _PLANS[key] = _make_plan(dict(zip(PLANNED_HOOKS, key)))
+        plan = _PLANS[key] = _make_plan(dict(zip(PLANNED_HOOKS, key, strict=True)))
     return plan
 
 
@@ -195,7 +197,8 @@ _ROUTES: Final[Mapping[type[Event], _Route]] = {
     AuthCredentials: _Route("auth", ("username", "password"), default=Reject()),
     MailFrom: _Route("mail", ("sender", "params")),
     RcptTo: _Route("rcpt", ("recipient", "params")),
-    MessageEvent: _Route("data", prepare=lambda pump, event: pump._message_arrived(event)),
+    EndOfMessage: _Route("data", prepare=lambda pump, event: pump._message_arrived(event)),
+    MessageAborted: _Route(None, default=None, prepare=lambda pump, event: pump._aborted(event)),
     StartTLS: _Route(None),
     Quit: _Route(None, default=None),
     Reset: _Route("reset", default=None),
@@ -267,6 +270,9 @@ class Pump:
             self._stress = self.conn.stress = self.lifecycle.stress
         while not self._over:
             event = self.conn.next_event()
+            if type(event) is MessageData:  # the hot path: content to the spool
+                (self._spool or self._start_spool()).write(event.data)
+                continue
             if event is Signal.NEED_DATA:
                 self.clock.waiting(content=self._reading_content())
                 return NEED_DATA
@@ -441,9 +447,7 @@ class Pump:
         return (self.session.client_ip,)
 
     def _message_arrived(self, event: Event) -> tuple[HookArg, ...] | Reply:
-        assert type(event) is MessageEvent
-        spool = self._start_spool()
-        spool.write(event.content)
+        spool = self._spool or self._start_spool()  # an empty message has no MessageData
         if spool.overflowed:
             return _NO_STORAGE
         return (spool.message(),)
@@ -455,6 +459,18 @@ class Pump:
         if self.received_header:
             spool.write(self._received())
         return spool
+
+    def _aborted(self, event: Event) -> tuple[HookArg, ...]:
+        assert type(event) is MessageAborted
+        if self._spool is not None:
+            log.info(
+                "%s: message aborted after %d bytes: %s",
+                self.peer_text,
+                self._spool.size,
+                event.reason.value,
+            )
+        self._drop_spool()
+        return ()
 
     def _drop_spool(self) -> None:
         spool, self._spool = self._spool, None
@@ -484,13 +500,13 @@ class Pump:
                 result,
             )
             answer = _WELCOME_ERROR if type(event) is Connected else _INTERNAL_ERROR
-        if type(event) is MessageEvent:
-            assert isinstance(event, MessageEvent)
+        if type(event) is EndOfMessage:
+            assert isinstance(event, EndOfMessage)
             answer = self._message_done(event, answer)
             self._drop_spool()
         self.conn.send(answer, event)
 
-    def _message_done(self, event: MessageEvent, result: HookResult) -> HookResult:
+    def _message_done(self, event: EndOfMessage, result: HookResult) -> HookResult:
         qid = self.envelope.queue_id
         if isinstance(result, Accept) and result.text is None:
             result = Accept(f"Ok: queued as {qid}")
@@ -501,7 +517,7 @@ class Pump:
             qid,
             log_escape(event.sender),
             len(event.recipients),
-            self._spool.size if self._spool is not None else 0,
+            event.size,
             self.peer_text,
             _describe(result),
         )

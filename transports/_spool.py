@@ -187,7 +187,9 @@ def _sweep(parent: Path, *, keep: Path) -> None:
                 continue  # a live instance holds it
             count = sum(1 for _ in os.scandir(entry.path))
             shutil.rmtree(entry.path, ignore_errors=True)
-            log.info("removed the spool folder of a stopped instance, %s (%d files)", entry.path, count)
+            log.info(
+                "removed the spool folder of a dead instance, %s (%d files)", entry.path, count
+            )
         except OSError as exc:
             log.warning("cannot remove the stale spool folder %s: %s", entry.path, exc)
         finally:
@@ -263,10 +265,7 @@ class Spool:
             self._overflow()
             return False
         chunks, self._chunks = self._chunks, []
-        for chunk in chunks:
-            if not self._write_file(chunk):
-                return False
-        return True
+        return all(self._write_file(chunk) for chunk in chunks)
 
     def _write_file(self, data: bytes) -> bool:
         if not self._spooler._reserve(len(data)):

@@ -13,7 +13,7 @@ from smtp_core import Accept, Close
 
 from .._pipeline import Context, Policy, PolicyResult
 
-__all__ = ["CidrAllowlist", "CidrBlocklist", "IPAddress", "Networks", "ip_address"]
+__all__ = ["CidrAllowlist", "CidrBlocklist", "IPAddress", "IPNetwork", "Networks", "ip_address"]
 
 log = logging.getLogger("smtpkit.policy")
 

@@ -349,7 +349,9 @@ class PasswordAuth(Policy):
     accepts: ClassVar[frozenset[str]] = frozenset({"auth"})
 
     def __init__(self, passwords: PasswordFile | Mapping[str, str]) -> None:
-        self.passwords = passwords if isinstance(passwords, PasswordFile) else PasswordFile(passwords)
+        self.passwords = (
+            passwords if isinstance(passwords, PasswordFile) else PasswordFile(passwords)
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PasswordAuth:

@@ -28,6 +28,7 @@ from support import (
     wait_until,
 )
 
+from smtp_core import Config
 from smtpkit.handlers import SinkHandler
 
 pytestmark = pytest.mark.timeout(90)
@@ -130,17 +131,20 @@ def test_honest_slow_client_is_not_cut_off(transport: Transport) -> None:
 
 
 def test_never_ending_data(transport: Transport) -> None:
-    # Whole lines, fast (far above the minimum rate), that never reach the end of data: the
-    # DATA deadline ends it, although every line is complete and the idle timeout never fires.
-    data_timeout = 1.5
-    options = {"timeout": 10.0, "data_timeout": data_timeout}
-    with transport.serve(SinkHandler, **options) as server:
+    # Whole lines, fast (far above the minimum rate), that never reach the end of data. Past
+    # the size limit the content is counted and discarded, and it buys no more time: the
+    # session is cut off once its allowance (data_timeout, plus max_message_size at the
+    # minimum rate) is spent, although every line is complete and it never idles.
+    data_timeout, size, rate = 1.0, 1000, 1000
+    options = {"timeout": 10.0, "data_timeout": data_timeout, "min_data_rate": rate}
+    config = Config(max_message_size=size)
+    with transport.serve(SinkHandler, config=config, **options) as server:
         sockets_before = open_sockets()
         with Peer((server.host, server.port)) as p:
             p.hello()
             p.start_data()
             line = b"x" * 998 + b"\r\n"
-            rounds = round(GIVE_UP * data_timeout / 0.02)
+            rounds = round(GIVE_UP * (data_timeout + size / rate) / 0.02)
             said = paced(p, itertools.repeat(line * 4, rounds), 0.02)
             assert said.startswith(b"421 4.4.2"), said[:200]
         assert_recovered(server, sockets_before)
@@ -148,9 +152,10 @@ def test_never_ending_data(transport: Transport) -> None:
 
 def test_data_below_the_minimum_rate(transport: Transport) -> None:
     # 50 bytes every 0.25 s (200 bytes/s) against a minimum of 1000 bytes/s: whole lines, so
-    # only the rate can end it (the idle timeout is never reached, the DATA deadline is far).
+    # the idle timeout is never reached; the rate ends it once the head start (data_timeout)
+    # is spent, as Postfix's smtpd_min_data_rate does.
     timeout = 1.5
-    options = {"timeout": timeout, "data_timeout": 60.0, "min_data_rate": 1000}
+    options = {"timeout": timeout, "data_timeout": timeout, "min_data_rate": 1000}
     with transport.serve(SinkHandler, **options) as server:
         sockets_before = open_sockets()
         with Peer((server.host, server.port)) as p:
@@ -163,10 +168,10 @@ def test_data_below_the_minimum_rate(transport: Transport) -> None:
 
 
 def test_data_above_the_minimum_rate_is_accepted(transport: Transport) -> None:
-    # 500 bytes every 0.1 s (5000 bytes/s) against a minimum of 1000 bytes/s, for three
-    # timeouts: slow, but honest.
+    # 500 bytes every 0.1 s (5000 bytes/s) against a minimum of 1000 bytes/s, for three times
+    # the head start (data_timeout): slow, but honest, so never cut off.
     timeout = 1.5
-    options = {"timeout": timeout, "min_data_rate": 1000}
+    options = {"timeout": timeout, "data_timeout": timeout, "min_data_rate": 1000}
     with (
         transport.serve(SinkHandler, **options) as server,
         Peer((server.host, server.port)) as p,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from support import Calls, Peer, Process, Transport, in_thread, open_sockets, wait_until
 
-from smtpkit.handlers import Accept, Handler
+from smtpkit.handlers import Accept, Handler, Message
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -42,7 +42,7 @@ def test_stuck_hooks_exhaust_the_pool(transport: Transport, released: threading.
     calls = Calls()
 
     class Stuck(Handler):
-        def data(self, message: bytes) -> Accept:
+        def data(self, message: Message) -> Accept:
             calls.add("data")
             released.wait()
             return Accept()
@@ -88,7 +88,7 @@ def test_stuck_hook_in_flight_at_shutdown(transport: Transport, released: thread
     calls = Calls()
 
     class Stuck(Handler):
-        def data(self, message: bytes) -> Accept:
+        def data(self, message: Message) -> Accept:
             calls.add("data")
             released.wait()
             return Accept()

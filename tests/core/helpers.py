@@ -13,12 +13,18 @@ from smtp_core import (
     DECISION_EVENTS,
     NEED_DATA,
     PAUSED,
+    AbortReason,
     Accept,
     Answer,
     Closed,
     Config,
     Connected,
+    EndOfMessage,
     Event,
+    MailParams,
+    MessageAborted,
+    MessageData,
+    RcptParams,
     Reject,
     ServerConnection,
 )
@@ -62,8 +68,52 @@ def hold(*types: type[Event], policy: Policy = accept_all) -> Policy:
     return held
 
 
+def joined(events: Iterable[Event]) -> list[Event]:
+    """`events` with each run of MessageData merged into one, and the content of an aborted
+    message dropped: how the pieces fall depends on how the input was split, not what they
+    add up to."""
+    out: list[Event] = []
+    for event in events:
+        if isinstance(event, MessageData) and out and isinstance(out[-1], MessageData):
+            out[-1] = MessageData(data=out[-1].data + event.data)
+            continue
+        if isinstance(event, MessageAborted) and out and isinstance(out[-1], MessageData):
+            out.pop()
+        out.append(event)
+    return out
+
+
+def message(
+    content: bytes,
+    *,
+    sender: str = "alice@example.org",
+    recipients: tuple[str, ...] = ("bob@example.org",),
+    params: MailParams | None = None,
+    rcpt_params: tuple[RcptParams, ...] | None = None,
+) -> list[Event]:
+    """The events of a message with `content` (joined): its data, then EndOfMessage."""
+    end = EndOfMessage(
+        size=len(content),
+        sender=sender,
+        recipients=recipients,
+        params=params if params is not None else MailParams(),
+        rcpt_params=rcpt_params if rcpt_params is not None else (RcptParams(),) * len(recipients),
+    )
+    return [MessageData(data=content), end] if content else [end]
+
+
+def aborted(reason: AbortReason) -> MessageAborted:
+    return MessageAborted(reason=reason)
+
+
+def content_of(events: Iterable[Event]) -> bytes:
+    """The message content the MessageData events carry."""
+    return b"".join(e.data for e in events if isinstance(e, MessageData))
+
+
 def drain(conn: ServerConnection, policy: Policy = accept_all) -> tuple[list[Event], bytes]:
-    """Pull events until NEED_DATA, PAUSED or Closed, answering decisions with `policy`."""
+    """Pull events until NEED_DATA, PAUSED or Closed, answering decisions with `policy`;
+    the events `joined()`."""
     events: list[Event] = []
     while True:
         event = conn.next_event()
@@ -78,7 +128,7 @@ def drain(conn: ServerConnection, policy: Policy = accept_all) -> tuple[list[Eve
             conn.send(answer)
         if isinstance(event, Closed):
             break
-    return events, conn.data_to_send()
+    return joined(events), conn.data_to_send()
 
 
 def send_and_get(conn: ServerConnection, answer: Answer) -> bytes:
@@ -114,7 +164,7 @@ def receive_pieces(
         out += wire
         if any(isinstance(e, Closed) for e in got):
             break
-    return events, bytes(out)
+    return joined(events), bytes(out)
 
 
 #: How a test feeds its input: whole, or one byte at a time. Both must give the same result.

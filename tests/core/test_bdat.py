@@ -5,16 +5,29 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from helpers import ENVELOPE, FEEDERS, FULL, codes, receive_and_get, reject, session
+from helpers import (
+    ENVELOPE,
+    FEEDERS,
+    FULL,
+    aborted,
+    codes,
+    content_of,
+    message,
+    receive_and_get,
+    reject,
+    session,
+)
 
 from smtp_core import (
+    CHUNK_SIZE,
+    AbortReason,
     Closed,
     CloseReason,
     Config,
-    MailParams,
-    Message,
-    RcptParams,
+    Hello,
+    MessageData,
     RcptTo,
+    Reset,
     ServerConnection,
     State,
 )
@@ -25,16 +38,6 @@ def in_transaction(config: Config = FULL) -> ServerConnection:
     receive_and_get(conn, ENVELOPE)
     assert conn.state is State.RCPT
     return conn
-
-
-def message(content: bytes) -> Message:
-    return Message(
-        content=content,
-        sender="alice@example.org",
-        recipients=("bob@example.org",),
-        params=MailParams(),
-        rcpt_params=(RcptParams(),),
-    )
 
 
 @pytest.mark.parametrize("feed", FEEDERS)
@@ -55,8 +58,8 @@ def message(content: bytes) -> Message:
             b"250 2.0.0 0 octets received\r\n250 2.0.0 Ok\r\n",
         ),
         (
-            b"BDAT 13 LAST\r\n.\r\n..x\r\n\n\r.\r\n",
-            b".\r\n..x\r\n\n\r.\r\n",
+            b"BDAT 11 LAST\r\n.\r\n..x\r\n.\r\n",
+            b".\r\n..x\r\n.\r\n",
             b"250 2.0.0 Ok\r\n",
         ),
         (
@@ -70,7 +73,7 @@ def message(content: bytes) -> Message:
 def test_chunks_are_taken_verbatim(feed: str, data: bytes, content: bytes, wire: bytes) -> None:
     conn = in_transaction()
     events, out = FEEDERS[feed](conn, data + b"NOOP\r\n")
-    assert events == [message(content)]
+    assert events == message(content)
     assert out == wire + b"250 2.0.0 Ok\r\n"
     assert conn.state is State.READY
     assert conn.recipients == ()
@@ -78,22 +81,25 @@ def test_chunks_are_taken_verbatim(feed: str, data: bytes, content: bytes, wire:
 
 def test_chunking_state_between_chunks() -> None:
     conn = in_transaction()
-    receive_and_get(conn, b"BDAT 3\r\nabc")
+    first, _ = receive_and_get(conn, b"BDAT 3\r\nabc")
     assert conn.state is State.CHUNKING
     _, wire = receive_and_get(conn, b"DATA\r\nRCPT TO:<c@example.org>\r\nMAIL FROM:<>\r\n")
     assert codes(wire) == [503, 503, 503]
     events, _ = receive_and_get(conn, b"BDAT 1 LAST\r\nd")
-    assert events == [message(b"abcd")]
+    assert content_of(first + events) == b"abcd"
+    assert events[-1] == message(b"abcd")[-1]
 
 
 @pytest.mark.parametrize("command", [b"RSET", b"EHLO c.example"])
 def test_rset_and_ehlo_abandon_chunks(command: bytes) -> None:
     conn = in_transaction()
     receive_and_get(conn, b"BDAT 3\r\nabc")
-    receive_and_get(conn, command + b"\r\n")
+    events, _ = receive_and_get(conn, command + b"\r\n")
+    assert events[0] == aborted(AbortReason.RESET)  # first: the content given so far is void
+    assert [type(e) for e in events[1:]] == [Reset if command == b"RSET" else Hello]
     assert conn.state is State.READY
     events, wire = receive_and_get(conn, ENVELOPE + b"BDAT 1 LAST\r\nz")
-    assert events[-1] == message(b"z")
+    assert events[-2:] == message(b"z")
     assert codes(wire) == [250, 250, 250]
 
 
@@ -129,7 +135,7 @@ def test_oversized_chunks_are_consumed_then_552(feed: str) -> None:
     conn = in_transaction(dataclasses.replace(FULL, max_message_size=10))
     data = b"BDAT 6\r\nabcdefBDAT 6\r\nRSET\r\nBDAT 1 LAST\r\nxNOOP\r\n"
     events, out = FEEDERS[feed](conn, data)
-    assert events == []
+    assert events == [aborted(AbortReason.TOO_LARGE)]
     assert out == (
         b"250 2.0.0 6 octets received\r\n"
         b"552 5.3.4 Error: message too large\r\n"
@@ -146,7 +152,7 @@ def test_single_oversized_chunk_and_exact_fit() -> None:
     assert wire == b"552 5.3.4 Error: message too large\r\n"
     conn = in_transaction(config)
     events, _ = receive_and_get(conn, b"BDAT 10 LAST\r\n" + b"x" * 10)
-    assert events == [message(b"x" * 10)]
+    assert events == message(b"x" * 10)
 
 
 def test_huge_chunk_size_refused_but_read() -> None:
@@ -189,14 +195,14 @@ def test_data_after_bdat_is_503_and_bdat_after_data_is_text() -> None:
     assert wire == b"250 2.0.0 1 octets received\r\n503 5.5.1 Error: BDAT in progress\r\n"
     conn = in_transaction()
     events, _ = receive_and_get(conn, b"DATA\r\nBDAT 1 LAST\r\n.\r\n")
-    assert events == [message(b"BDAT 1 LAST\r\n")]
+    assert events == message(b"BDAT 1 LAST\r\n")
 
 
 def test_eof_in_the_middle_of_a_chunk() -> None:
     conn = in_transaction()
     receive_and_get(conn, b"BDAT 10 LAST\r\nabc")
     events, _ = receive_and_get(conn, b"")
-    assert events == [Closed(reason=CloseReason.EOF)]
+    assert events == [aborted(AbortReason.CLOSED), Closed(reason=CloseReason.EOF)]
 
 
 @pytest.mark.parametrize("digits", [21, 5000])
@@ -205,3 +211,54 @@ def test_absurd_chunk_size_is_a_syntax_error_even_with_long_lines(digits: int) -
     conn = in_transaction(config)
     _, wire = receive_and_get(conn, b"BDAT " + b"9" * digits + b" LAST\r\nNOOP\r\n")
     assert wire == b"501 5.5.4 Syntax: BDAT count [LAST]\r\n250 2.0.0 Ok\r\n"
+
+
+BARE = [b"a\nb", b"a\rb", b"ab\r", b"\nab", b"a\n\rb", b"a\r\r\nb"]
+
+
+@pytest.mark.parametrize("feed", FEEDERS)
+@pytest.mark.parametrize("content", BARE)
+def test_bare_line_endings_in_chunks_are_refused(feed: str, content: bytes) -> None:
+    """A relay that sent such content on as DATA would recreate SMTP smuggling."""
+    conn = in_transaction()
+    data = b"BDAT %d LAST\r\n" % len(content) + content + b"NOOP\r\n"
+    events, out = FEEDERS[feed](conn, data)
+    assert events == [aborted(AbortReason.BARE_LINE_ENDING)]
+    assert out == b"550 5.5.2 Error: bare CR or LF in message text\r\n250 2.0.0 Ok\r\n"
+    assert conn.state is State.READY and conn.recipients == ()
+
+
+@pytest.mark.parametrize("feed", FEEDERS)
+def test_a_crlf_split_between_chunks_is_fine_a_cr_ending_the_message_is_not(feed: str) -> None:
+    conn = in_transaction()
+    events, out = FEEDERS[feed](conn, b"BDAT 3\r\nab\rBDAT 3 LAST\r\n\ncd")
+    assert events == message(b"ab\r\ncd")
+    receive_and_get(conn, ENVELOPE)
+    events, out = FEEDERS[feed](conn, b"BDAT 3\r\nab\rBDAT 0 LAST\r\n")
+    assert events == [aborted(AbortReason.BARE_LINE_ENDING)]
+    assert codes(out) == [250, 550]
+
+
+@pytest.mark.parametrize(
+    ("content", "normalized"),
+    [(b"a\nb", b"a\r\nb"), (b"ab\r", b"ab\r\n"), (b"a\r\r\nb", b"a\r\n\r\nb")],
+)
+def test_bare_line_endings_in_chunks_normalized(content: bytes, normalized: bytes) -> None:
+    config = dataclasses.replace(FULL, bare_line_endings="normalize")
+    for pieces in ([content], [content[:2], content[2:]]):
+        conn = in_transaction(config)
+        data = b"".join(b"BDAT %d\r\n" % len(p) + p for p in pieces) + b"BDAT 0 LAST\r\n"
+        events, _ = receive_and_get(conn, data)
+        assert events == message(normalized)
+
+
+def test_content_leaves_in_bounded_pieces_and_is_never_held() -> None:
+    conn = in_transaction()
+    size = 3 * CHUNK_SIZE + 7
+    conn.receive_data(b"BDAT %d LAST\r\n" % size + b"x" * size)
+    pieces = []
+    while isinstance(event := conn.next_event(), MessageData):
+        pieces.append(event.data)
+        assert len(conn._buf) <= size  # taken, never copied into a message buffer
+    assert max(map(len, pieces)) <= CHUNK_SIZE
+    assert content_of([MessageData(data=p) for p in pieces]) == b"x" * size

@@ -9,7 +9,9 @@ from helpers import (
     ENVELOPE,
     FEEDERS,
     FULL,
+    aborted,
     codes,
+    message,
     receive_and_get,
     receive_pieces,
     reject,
@@ -17,13 +19,15 @@ from helpers import (
 )
 
 from smtp_core import (
+    AbortReason,
     Close,
     Closed,
     CloseReason,
     Config,
+    EndOfMessage,
     MailFrom,
     MailParams,
-    Message,
+    MessageData,
     RcptParams,
     RcptTo,
     Reject,
@@ -41,16 +45,6 @@ def in_data(config: Config = FULL) -> ServerConnection:
     assert wire.endswith(OK_354)
     assert conn.state is State.DATA
     return conn
-
-
-def message(content: bytes) -> Message:
-    return Message(
-        content=content,
-        sender="alice@example.org",
-        recipients=("bob@example.org",),
-        params=MailParams(),
-        rcpt_params=(RcptParams(),),
-    )
 
 
 @pytest.mark.parametrize("feed", FEEDERS)
@@ -84,7 +78,7 @@ def message(content: bytes) -> Message:
 def test_message_content(feed: str, text: bytes, content: bytes) -> None:
     conn = in_data()
     events, wire = FEEDERS[feed](conn, text)
-    assert events == [message(content)]
+    assert events == message(content)
     assert wire == b"250 2.0.0 Ok\r\n"
     assert conn.state is State.READY
     assert conn.sender is None
@@ -95,7 +89,7 @@ def test_message_content(feed: str, text: bytes, content: bytes) -> None:
 def test_message_with_trailing_commands(feed: str) -> None:
     conn = in_data()
     events, wire = FEEDERS[feed](conn, b"hello\r\n.\r\nMAIL FROM:<c@example.org>\r\nNOOP\r\n")
-    assert events == [message(b"hello\r\n"), MailFrom(sender="c@example.org", params=MailParams())]
+    assert events == [*message(b"hello\r\n"), MailFrom(sender="c@example.org", params=MailParams())]
     assert wire == b"250 2.0.0 Ok\r\n250 2.1.0 Ok\r\n250 2.0.0 Ok\r\n"
 
 
@@ -103,7 +97,7 @@ def test_whole_transaction_bytewise_from_mail_to_message() -> None:
     conn = session()
     data = ENVELOPE + b"DATA\r\n.\r\n"
     events, wire = FEEDERS["bytewise"](conn, data)
-    assert events[-1] == message(b"")
+    assert events[-1:] == message(b"")
     assert wire == b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n" + OK_354 + b"250 2.0.0 Ok\r\n"
 
 
@@ -114,7 +108,7 @@ TEXT = b"line one\r\n..stuffed\r\n\r\n.\r\nNOOP\r\n"
 def test_split_anywhere_in_two(first: int) -> None:
     conn = in_data()
     events, wire = receive_pieces(conn, [TEXT[:first], TEXT[first:]])
-    assert events == [message(b"line one\r\n.stuffed\r\n\r\n")]
+    assert events == message(b"line one\r\n.stuffed\r\n\r\n")
     assert wire == b"250 2.0.0 Ok\r\n250 2.0.0 Ok\r\n"
 
 
@@ -130,15 +124,15 @@ def test_a_dot_line_is_unstuffed_wherever_the_pieces_split(cut: tuple[int, int])
     a, b = cut
     conn = in_data()
     events, _ = receive_pieces(conn, [DOTTED[:a], DOTTED[a:b], DOTTED[b:]])
-    assert events == [message(b"a\r\nb\r\n")]
+    assert events == message(b"a\r\nb\r\n")
 
 
 def test_dot_lines_are_tracked_per_message() -> None:
     conn = in_data()
     events, _ = receive_and_get(conn, b"plain\r\n.\r\n" + ENVELOPE + b"DATA\r\nx\r\n..y\r\n.\r\n")
-    assert [e for e in events if isinstance(e, Message)] == [
-        message(b"plain\r\n"),
-        message(b"x\r\n.y\r\n"),
+    assert [e for e in events if isinstance(e, (MessageData, EndOfMessage))] == [
+        *message(b"plain\r\n"),
+        *message(b"x\r\n.y\r\n"),
     ]
 
 
@@ -148,13 +142,13 @@ def test_terminator_split_in_three_right_after_data(cut: tuple[int, int]) -> Non
     a, b = cut
     conn = in_data()
     events, _ = receive_pieces(conn, [b".\r\n"[:a], b".\r\n"[a:b], b".\r\n"[b:]])
-    assert events == [message(b"")]
+    assert events == message(b"")
 
 
 def test_a_dot_right_after_data_is_not_the_end_without_its_crlf() -> None:
     conn = in_data()
     assert receive_and_get(conn, b".") == ([], b"")
-    assert receive_and_get(conn, b"x\r\n.\r\n") == ([message(b"x\r\n")], b"250 2.0.0 Ok\r\n")
+    assert receive_and_get(conn, b"x\r\n.\r\n") == (message(b"x\r\n"), b"250 2.0.0 Ok\r\n")
 
 
 SMUGGLE_ENDINGS = [b"\n.\n", b"\r.\r", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n", b"\n.\r", b"\r.\n"]
@@ -170,7 +164,7 @@ def test_smuggling_endings_never_end_data_and_are_rejected(
     conn = in_data()
     text = (b"" if where == "start" else b"real text") + ending + SMUGGLED + b".\r\nNOOP\r\n"
     events, wire = FEEDERS[feed](conn, text)
-    assert events == []
+    assert events == [aborted(AbortReason.BARE_LINE_ENDING)]
     assert wire == b"550 5.5.2 Error: bare CR or LF in message text\r\n250 2.0.0 Ok\r\n"
     assert conn.state is State.READY
     assert conn.recipients == ()
@@ -182,7 +176,7 @@ def test_smuggling_endings_normalized_stay_inside_the_message(ending: bytes) -> 
     events, wire = receive_and_get(conn, b"real text" + ending + SMUGGLED + b".\r\n")
     assert wire == b"250 2.0.0 Ok\r\n"
     # The bare ending becomes CRLF, and the lone dot an empty (unstuffed) line of text.
-    assert events == [message(b"real text\r\n\r\n" + SMUGGLED)]
+    assert events == message(b"real text\r\n\r\n" + SMUGGLED)
 
 
 @pytest.mark.parametrize(
@@ -197,7 +191,7 @@ def test_smuggling_endings_normalized_stay_inside_the_message(ending: bytes) -> 
 )
 def test_normalize_bare_line_endings(text: bytes, content: bytes) -> None:
     events, wire = receive_and_get(in_data(NORMALIZE), text)
-    assert events == [message(content)]
+    assert events == message(content)
     assert wire == b"250 2.0.0 Ok\r\n"
 
 
@@ -206,6 +200,7 @@ def test_bare_line_endings_rejected_by_default_and_session_goes_on(text: bytes) 
     conn = in_data()
     events, wire = receive_and_get(conn, text + ENVELOPE)
     assert events == [
+        aborted(AbortReason.BARE_LINE_ENDING),
         MailFrom(sender="alice@example.org", params=MailParams()),
         RcptTo(recipient="bob@example.org", params=RcptParams()),
     ]
@@ -216,10 +211,10 @@ def test_max_text_line() -> None:
     config = dataclasses.replace(FULL, max_text_line=10)
     conn = in_data(config)
     events, wire = receive_and_get(conn, b"0123456789\r\n.\r\n")
-    assert events == [message(b"0123456789\r\n")]
+    assert events == message(b"0123456789\r\n")
     receive_and_get(conn, ENVELOPE + b"DATA\r\n")
     events, wire = receive_and_get(conn, b"short\r\n0123456789A\r\n.\r\nNOOP\r\n")
-    assert events == []
+    assert events == [aborted(AbortReason.LINE_TOO_LONG)]
     assert wire == b"500 5.5.6 Error: message line too long\r\n250 2.0.0 Ok\r\n"
 
 
@@ -233,7 +228,7 @@ def test_max_text_line() -> None:
 )
 def test_rejected_message_ends_the_transaction(answer: Reject, wire: bytes) -> None:
     conn = in_data()
-    _, out = receive_and_get(conn, b"x\r\n.\r\n", reject(Message, answer=answer))
+    _, out = receive_and_get(conn, b"x\r\n.\r\n", reject(EndOfMessage, answer=answer))
     assert out == wire
     assert conn.state is State.READY
     assert conn.recipients == ()
@@ -241,7 +236,9 @@ def test_rejected_message_ends_the_transaction(answer: Reject, wire: bytes) -> N
 
 def test_close_answer_to_message() -> None:
     conn = in_data()
-    events, wire = receive_and_get(conn, b"x\r\n.\r\nNOOP\r\n", reject(Message, answer=Close()))
+    events, wire = receive_and_get(
+        conn, b"x\r\n.\r\nNOOP\r\n", reject(EndOfMessage, answer=Close())
+    )
     assert wire == b"421 4.7.0 mx.example.org Error: closing connection\r\n"
     assert events[-1] == Closed(reason=CloseReason.REFUSED)
 
@@ -252,6 +249,6 @@ def test_eof_during_data_closes_without_a_message(text: bytes) -> None:
     if text:
         receive_and_get(conn, text)
     events, wire = receive_and_get(conn, b"")
-    assert events == [Closed(reason=CloseReason.EOF)]
+    assert events == [aborted(AbortReason.CLOSED), Closed(reason=CloseReason.EOF)]
     assert wire == b""
     assert conn.state is State.CLOSED

@@ -15,11 +15,12 @@ from smtp_core import (
     CloseReason,
     Config,
     Connected,
+    EndOfMessage,
     Hello,
     LocalProtocolError,
     MailFrom,
     MailParams,
-    Message,
+    MessageData,
     Outcome,
     ProtocolError,
     Quit,
@@ -308,10 +309,14 @@ def test_lmtp_one_reply_per_accepted_recipient_in_order(data: bytes) -> None:
     conn = lmtp_session()
     receive_and_get(conn, LMTP_ENVELOPE, refuse_one)
     conn.receive_data(data)
-    while not isinstance(event := conn.next_event(), Message):
+    content = b""
+    while not isinstance(event := conn.next_event(), EndOfMessage):
         assert event is not PAUSED and event is not NEED_DATA
-    assert event == Message(
-        content=b"hello\r\n",
+        if isinstance(event, MessageData):
+            content += event.data
+    assert content == b"hello\r\n"
+    assert event == EndOfMessage(
+        size=7,
         sender="a@example.org",
         recipients=("one@example.org", "two@example.org", "three@example.org"),
         params=MailParams(),
@@ -339,7 +344,9 @@ def test_lmtp_single_decision_applies_to_every_recipient() -> None:
 
 def test_lmtp_missing_recipient_is_a_local_error_and_nothing_is_written() -> None:
     conn = lmtp_session()
-    receive_and_get(conn, LMTP_ENVELOPE + b"DATA\r\nx\r\n.\r\n", hold(Message, policy=refuse_one))
+    receive_and_get(
+        conn, LMTP_ENVELOPE + b"DATA\r\nx\r\n.\r\n", hold(EndOfMessage, policy=refuse_one)
+    )
     assert conn.next_event() is PAUSED
     partial = {"one@example.org": Accept(), "two@example.org": Accept()}
     with pytest.raises(LocalProtocolError):
@@ -352,7 +359,9 @@ def test_lmtp_missing_recipient_is_a_local_error_and_nothing_is_written() -> Non
 
 def test_lmtp_close_for_one_recipient_closes_after_all_replies() -> None:
     conn = lmtp_session()
-    receive_and_get(conn, LMTP_ENVELOPE + b"DATA\r\nx\r\n.\r\n", hold(Message, policy=refuse_one))
+    receive_and_get(
+        conn, LMTP_ENVELOPE + b"DATA\r\nx\r\n.\r\n", hold(EndOfMessage, policy=refuse_one)
+    )
     wire = send_and_get(
         conn,
         {"one@example.org": Close(), "two@example.org": Accept(), "three@example.org": Accept()},
@@ -363,8 +372,8 @@ def test_lmtp_close_for_one_recipient_closes_after_all_replies() -> None:
 
 def test_mapping_outside_lmtp_messages_is_a_local_error() -> None:
     conn = session()
-    events, _ = receive_and_get(conn, ENVELOPE + b"DATA\r\nx\r\n.\r\n", hold(Message))
-    assert isinstance(events[-1], Message)
+    events, _ = receive_and_get(conn, ENVELOPE + b"DATA\r\nx\r\n.\r\n", hold(EndOfMessage))
+    assert isinstance(events[-1], EndOfMessage)
     with pytest.raises(LocalProtocolError):
         conn.send({"b@example.org": Accept()})
     assert send_and_get(conn, Accept()) == b"250 2.0.0 Ok\r\n"
@@ -401,11 +410,12 @@ def test_auto_accepted_events_are_answered_by_the_engine() -> None:
 
 
 def test_auto_accepted_message_and_lmtp() -> None:
-    conn = ServerConnection(LMTP, auto_accept=frozenset({Connected, Hello, RcptTo, Message}))
+    conn = ServerConnection(LMTP, auto_accept=frozenset({Connected, Hello, RcptTo, EndOfMessage}))
     conn.receive_data(b"LHLO c\r\nMAIL FROM:<>\r\n")
     assert isinstance(conn.next_event(), MailFrom)
     conn.send(Accept())
     conn.receive_data(b"RCPT TO:<x@example.org>\r\nRCPT TO:<y@example.org>\r\nDATA\r\nhi\r\n.\r\n")
+    assert conn.next_event() == MessageData(data=b"hi\r\n")  # content is never auto-answered
     assert conn.next_event() is NEED_DATA
     assert conn.data_to_send().endswith(b"354 End data with <CR><LF>.<CR><LF>\r\n" + OK * 2)
 

@@ -12,7 +12,7 @@ import dataclasses
 import pytest
 from helpers import ENVELOPE, FEEDERS, FULL, codes, receive_and_get, reject, session
 
-from smtp_core import Closed, CloseReason, Config, Message, Quit, ServerConnection, State
+from smtp_core import Closed, CloseReason, Config, EndOfMessage, Quit, ServerConnection, State
 
 SMALL = dataclasses.replace(FULL, junk_command_limit=3, max_errors=2)
 TOO_MANY = b"421 4.7.0 mx.example.org Error: too many errors\r\n"
@@ -83,7 +83,7 @@ def test_a_rejected_message_forgives_nothing() -> None:
     conn = session(SMALL)
     message = ENVELOPE + b"DATA\r\nhi\r\n.\r\n"
     data = b"NOOP\r\n" * 4 + message + b"NOOP\r\n"
-    _, wire = receive_and_get(conn, data, reject(Message))
+    _, wire = receive_and_get(conn, data, reject(EndOfMessage))
     assert wire.endswith(b"554 5.7.1 Error: message rejected\r\n250 2.0.0 Ok\r\n" + TOO_MANY)
 
 

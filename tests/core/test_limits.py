@@ -11,9 +11,30 @@ import gc
 import sys
 
 import pytest
-from helpers import ENVELOPE, FEEDERS, FULL, codes, receive_and_get, receive_pieces, session
+from helpers import (
+    ENVELOPE,
+    FEEDERS,
+    FULL,
+    aborted,
+    codes,
+    content_of,
+    joined,
+    receive_and_get,
+    receive_pieces,
+    session,
+)
 
-from smtp_core import Closed, CloseReason, MailFrom, Message, ServerConnection, State
+from smtp_core import (
+    AbortReason,
+    Closed,
+    CloseReason,
+    EndOfMessage,
+    Event,
+    MailFrom,
+    MessageData,
+    ServerConnection,
+    State,
+)
 
 PIECE = 64 * 1024
 #: The engine reads a SASL line of max_auth_line octets plus "AUTH", a mechanism name and CRLF.
@@ -87,13 +108,19 @@ def test_oversized_message_is_counted_discarded_and_refused_with_552() -> None:
     conn = session(config)
     receive_and_get(conn, ENVELOPE + b"DATA\r\n")
     largest = 0
+    events: list[Event] = []
     for _ in range(40):
-        assert receive_and_get(conn, b"0123456789abcd\r\n" * (PIECE // 16)) == ([], b"")
+        more, wire = receive_and_get(conn, b"0123456789abcd\r\n" * (PIECE // 16))
+        assert wire == b""
+        events += more
         largest = max(largest, len(conn._buf))
-    assert largest <= config.max_message_size + PIECE
+    assert largest <= 4  # the content left as it came; past the limit it was dropped
+    assert [type(e) for e in joined(events)] == [MessageData]
+    assert len(content_of(events)) <= config.max_message_size
     events, wire = receive_and_get(conn, b".\r\nMAIL FROM:<a@example.org>\r\n")
     assert wire == b"552 5.3.4 Error: message too large\r\n250 2.1.0 Ok\r\n"
-    assert [type(e) for e in events] == [MailFrom]
+    assert events[0] == aborted(AbortReason.TOO_LARGE)
+    assert [type(e) for e in events[1:]] == [MailFrom]
 
 
 @pytest.mark.parametrize("cut", range(6))
@@ -112,7 +139,7 @@ def test_message_size_boundary(size: int, accepted: bool) -> None:
     text = b"z" * (size - 2) + b"\r\n"
     events, wire = receive_and_get(conn, text + b".\r\n")
     if accepted:
-        assert [type(e) for e in events] == [Message]
+        assert [type(e) for e in events] == [MessageData, EndOfMessage]
     else:
         assert wire == b"552 5.3.4 Error: message too large\r\n"
 
@@ -127,7 +154,7 @@ def test_too_many_recipients_get_452_which_is_not_an_error() -> None:
     assert conn.recipients == ("r0@example.org", "r1@example.org")
     events, wire = receive_and_get(conn, b"DATA\r\n.\r\n")
     assert codes(wire) == [354, 250]
-    assert isinstance(events[0], Message)
+    assert isinstance(events[0], EndOfMessage)
     assert events[0].recipients == ("r0@example.org", "r1@example.org")
 
 
@@ -172,7 +199,7 @@ def test_tiny_size_limit_still_finds_the_end_of_an_empty_message(feed: str, size
     conn = session(dataclasses.replace(FULL, max_message_size=size))
     receive_and_get(conn, ENVELOPE + b"DATA\r\n")
     events, wire = FEEDERS[feed](conn, b".\r\nDATA\r\n")
-    assert [type(e) for e in events] == [Message]
+    assert [type(e) for e in events] == [EndOfMessage]
     assert wire == b"250 2.0.0 Ok\r\n503 5.5.1 Error: need MAIL command\r\n"
     receive_and_get(conn, ENVELOPE + b"DATA\r\n")
     _, wire = FEEDERS[feed](conn, b"abcd\r\n.\r\nNOOP\r\n")

@@ -7,7 +7,16 @@ import dataclasses
 import pytest
 from helpers import FULL, receive_and_get, session
 
-from smtp_core import Config, MailFrom, MailParams, Message, RcptParams, RcptTo, State
+from smtp_core import (
+    Config,
+    EndOfMessage,
+    MailFrom,
+    MailParams,
+    MessageData,
+    RcptParams,
+    RcptTo,
+    State,
+)
 
 SMALL = dataclasses.replace(FULL, max_message_size=1000)
 
@@ -158,8 +167,9 @@ def test_dsn_parameters_are_decoded_and_handed_over() -> None:
         MailFrom(sender="a@example.org", params=params),
         RcptTo(recipient="b@example.org", params=first),
         RcptTo(recipient="c@example.org", params=second),
-        Message(
-            content=b"hi\r\n",
+        MessageData(data=b"hi\r\n"),
+        EndOfMessage(
+            size=4,
             sender="a@example.org",
             recipients=("b@example.org", "c@example.org"),
             params=params,

@@ -1,5 +1,8 @@
 """Property tests (Hypothesis): split invariance, no exception for any peer input, bounded
-buffers. The last one inspects the private receive buffer, as memory is not on the wire."""
+buffers. The last one inspects the private receive buffer, as memory is not on the wire.
+
+Message content leaves in `MessageData` pieces whose boundaries follow the input's; what they
+add up to, and every other event and byte of output, must not (`helpers.joined`)."""
 
 from __future__ import annotations
 
@@ -7,11 +10,12 @@ import base64
 import dataclasses
 import itertools
 
-from helpers import FULL, accept_all, drain, replies, send_and_get
+from helpers import FULL, accept_all, content_of, drain, joined, replies, send_and_get
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smtp_core import (
+    CHUNK_SIZE,
     DECISION_EVENTS,
     Accept,
     Answer,
@@ -19,9 +23,11 @@ from smtp_core import (
     Close,
     Closed,
     Config,
+    EndOfMessage,
     Event,
     MailFrom,
-    Message,
+    MessageAborted,
+    MessageData,
     RcptTo,
     Reject,
     Reply,
@@ -135,7 +141,7 @@ def run(config: Config, pieces: list[bytes]) -> tuple[list[Event], bytes]:
         more, wire = drain(conn, stable_policy)
         events += more
         out += wire
-    return events, out
+    return joined(events), out
 
 
 @SETTINGS
@@ -158,7 +164,7 @@ def random_answer(draw: st.DataObject, event: Event, lmtp: bool) -> Answer:
         Reply(code=250, text=("a", "b")),
         Reply(code=554, text=("no",), enhanced="5.7.1"),
     ]
-    if lmtp and isinstance(event, Message):
+    if lmtp and isinstance(event, EndOfMessage):
         answers.append({rcpt: Accept() for rcpt in event.recipients})
     return draw.draw(st.sampled_from(answers))
 
@@ -218,7 +224,8 @@ def test_peer_input_never_raises_and_output_is_always_well_formed(
 def test_no_buffer_grows_past_its_bound(config: Config, chunks: list[bytes]) -> None:
     conn = ServerConnection(config)
     drain(conn)
-    bound = max(config.max_auth_line + AUTH_SLACK, config.max_message_size)
+    # No message is held: the content leaves as it arrives, whatever its size.
+    bound = config.max_auth_line + AUTH_SLACK
     for chunk in filter(None, chunks):
         conn.receive_data(chunk)
         events, _ = drain(conn, accept_all)
@@ -228,4 +235,76 @@ def test_no_buffer_grows_past_its_bound(config: Config, chunks: list[bytes]) -> 
             conn.tls_started()
             continue
         assert len(conn._buf._data) <= bound + len(chunk)
-        assert len(conn._chunks) <= config.max_message_size
+
+
+ENVELOPE = b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n"
+content_line = st.one_of(
+    st.sampled_from([b"", b".", b"..", b".x", b"x.", b"a\rb", b"a\nb", b"x" * 70, b"QUIT"]),
+    st.binary(max_size=30),
+)
+text_strategy = st.lists(st.tuples(content_line, ending_strategy), max_size=20).map(
+    lambda items: b"".join(line + ending for line, ending in items)
+)
+#: A line longer than one MessageData piece: the reader must cut it short of a CRLF.
+LONG = b"y" * (CHUNK_SIZE + 100)
+MESSAGE_CONFIGS = [
+    FULL,
+    dataclasses.replace(SMALL, max_message_size=CHUNK_SIZE * 3),
+    dataclasses.replace(FULL, bare_line_endings="normalize"),
+    dataclasses.replace(FULL, max_text_line=40),
+    dataclasses.replace(FULL, max_message_size=50),
+]
+
+
+def message_input(text: bytes, chunk: bytes, long: bool) -> bytes:
+    body = text + (LONG + b"\r\n" + text if long else b"")
+    bdat = b"BDAT %d\r\n" % len(chunk) + chunk + b"BDAT %d LAST\r\n" % len(text) + text
+    return ENVELOPE + b"DATA\r\n" + body + b"\r\n.\r\n" + ENVELOPE + bdat + b"QUIT\r\n"
+
+
+@SETTINGS
+@given(
+    config=st.sampled_from(MESSAGE_CONFIGS),
+    text=text_strategy,
+    chunk=text_strategy,
+    long=st.booleans(),
+    split=st.data(),
+)
+def test_message_content_is_the_same_however_it_is_split(
+    config: Config, text: bytes, chunk: bytes, long: bool, split: st.DataObject
+) -> None:
+    """DATA and BDAT content: dot-unstuffing, the bare CR/LF check, the size and line limits
+    and the end of data hold across every split, pieces of the DATA line and its "." too."""
+    data = message_input(text, chunk, long)
+    points = split.draw(st.lists(st.integers(0, len(data)), max_size=12))
+    whole = run(config, [data])
+    assert run(config, cut(data, points)) == whole
+    events = whole[0]
+    ends = [e for e in events if isinstance(e, (EndOfMessage, MessageAborted))]
+    # The DATA message ends one way or the other; the BDAT one may never begin (a first chunk
+    # over the size limit is refused whole); no content is left hanging after the last end.
+    assert 1 <= len(ends) <= 2
+    last_end = max(i for i, e in enumerate(events) if isinstance(e, (EndOfMessage, MessageAborted)))
+    assert not any(isinstance(e, MessageData) for e in events[last_end:])
+    for end in ends:
+        if isinstance(end, EndOfMessage):
+            assert end.size <= config.max_message_size
+
+
+def unstuffed(text: bytes) -> bytes:
+    """The reference: RFC 5321 4.5.2 on a whole text, line by line."""
+    lines = text.split(b"\r\n")
+    return b"\r\n".join(line[1:] if line.startswith(b".") else line for line in lines)
+
+
+@SETTINGS
+@given(text=text_strategy, long=st.booleans(), split=st.data())
+def test_data_content_is_the_text_unstuffed(text: bytes, long: bool, split: st.DataObject) -> None:
+    body = text + (LONG + b"\r\n" + text if long else b"")
+    body = body.replace(b"\r", b"").replace(b"\n", b"") + b"\r\n"  # no bare CR/LF: accepted
+    data = ENVELOPE + b"DATA\r\n" + body + b".\r\nQUIT\r\n"
+    points = split.draw(st.lists(st.integers(0, len(data)), max_size=12))
+    events, _ = run(FULL, cut(data, points))
+    assert content_of(events) == unstuffed(body)
+    [end] = [e for e in events if isinstance(e, EndOfMessage)]
+    assert end.size == len(unstuffed(body))

@@ -18,8 +18,9 @@ from smtp_core import (
     AuthCredentials,
     Config,
     Connected,
+    EndOfMessage,
     Event,
-    Message,
+    MessageData,
     RcptTo,
     Reject,
     Reply,
@@ -242,7 +243,7 @@ def mx_policy(event: Event) -> Answer:
 def swaks_policy(event: Event) -> Answer:
     if isinstance(event, AuthCredentials):
         return Accept() if event.password == "secret" else Reject()
-    if isinstance(event, Message):
+    if isinstance(event, EndOfMessage):
         return Accept("Ok: queued as 4VtQ5d")
     return Accept()
 
@@ -250,7 +251,7 @@ def swaks_policy(event: Event) -> Answer:
 def lmtp_policy(event: Event) -> Answer:
     if isinstance(event, RcptTo) and event.recipient.startswith("unknown@"):
         return Reply(code=550, text=(f"<{event.recipient}>: User unknown",), enhanced="5.1.1")
-    if isinstance(event, Message):
+    if isinstance(event, EndOfMessage):
         return {
             "one@example.org": Accept("<one@example.org> Saved"),
             "full@example.org": Reply(
@@ -277,20 +278,29 @@ def parse(transcript: str) -> list[tuple[str, bytes]]:
     return steps
 
 
-def replay(config: Config, transcript: str, policy: Callable[[Event], Answer]) -> list[Message]:
+def replay(
+    config: Config, transcript: str, policy: Callable[[Event], Answer]
+) -> list[tuple[EndOfMessage, bytes]]:
+    """Play the client's side; the messages that ended, each with its content."""
     steps = parse(transcript)
     conn = ServerConnection(config, peer=("198.51.100.1", 50000))
     assert isinstance(conn.next_event(), Connected)
     kind, greeting = steps.pop(0)
     assert kind == "S"
     assert send_and_get(conn, Accept()) == greeting
-    messages: list[Message] = []
+    messages: list[tuple[EndOfMessage, bytes]] = []
+    content = b""
     for i, (kind, data) in enumerate(steps):
         if kind == "TLS":
             conn.tls_started()
         elif kind == "C":
             events, wire = receive_and_get(conn, data, policy)
-            messages += [e for e in events if isinstance(e, Message)]
+            for event in events:
+                if isinstance(event, MessageData):
+                    content += event.data
+                elif isinstance(event, EndOfMessage):
+                    messages.append((event, content))
+                    content = b""
             following = steps[i + 1] if i + 1 < len(steps) else ("S", b"")
             expected = following[1] if following[0] == "S" else b""
             assert wire == expected, f"after {data!r}"
@@ -299,35 +309,35 @@ def replay(config: Config, transcript: str, policy: Callable[[Event], Answer]) -
 
 
 def test_thunderbird_submission_over_starttls() -> None:
-    [message] = replay(MX, THUNDERBIRD, accept_all)
+    [(message, content)] = replay(MX, THUNDERBIRD, accept_all)
     assert message.sender == "alice@example.org"
     assert message.recipients == ("bob@example.net",)
-    assert message.content.endswith(
+    assert content.endswith(
         "\r\nCaf\u00e9 at noon?\r\n.and a line that starts with a dot\r\n".encode()
     )
-    assert message.content.startswith(b"Message-ID: <1d6c2f1e-0b57-4a8e@example.org>\r\n")
+    assert content.startswith(b"Message-ID: <1d6c2f1e-0b57-4a8e@example.org>\r\n")
 
 
 def test_postfix_client_with_pipelining() -> None:
-    [message] = replay(MX, POSTFIX_PIPELINING, mx_policy)
+    [(message, content)] = replay(MX, POSTFIX_PIPELINING, mx_policy)
     assert message.recipients == ("one@example.org", "two@example.org")
     assert message.params.envid == "abc+def"
     assert message.params.ret == "HDRS"
     assert [p.notify for p in message.rcpt_params] == [("FAILURE", "DELAY"), ("NEVER",)]
-    assert message.content.endswith(b"\r\n\r\nsee attached\r\n")
+    assert content.endswith(b"\r\n\r\nsee attached\r\n")
 
 
 def test_swaks_with_auth_login() -> None:
-    [message] = replay(SUBMISSION, SWAKS_AUTH_LOGIN, swaks_policy)
+    [(message, content)] = replay(SUBMISSION, SWAKS_AUTH_LOGIN, swaks_policy)
     assert message.recipients == ("postmaster",)
-    assert message.content.endswith(b"\r\n\r\nThis is a test mailing\r\n\r\n\r\n")
+    assert content.endswith(b"\r\n\r\nThis is a test mailing\r\n\r\n\r\n")
 
 
 def test_chunking_client() -> None:
-    [message] = replay(MX, CHUNKING_CLIENT, accept_all)
-    assert message.content == b"Subject: chunked\r\n\r\n.x\r\n"
+    [(_, content)] = replay(MX, CHUNKING_CLIENT, accept_all)
+    assert content == b"Subject: chunked\r\n\r\n.x\r\n"
 
 
 def test_lmtp_delivery() -> None:
-    [message] = replay(LMTP, LMTP_DELIVERY, lmtp_policy)
+    [(message, _)] = replay(LMTP, LMTP_DELIVERY, lmtp_policy)
     assert message.recipients == ("one@example.org", "full@example.org")

@@ -16,7 +16,7 @@ import pytest
 import trustme
 from support import WAIT
 
-from smtpkit.handlers import Accept, Handler, MaildirHandler, Reject
+from smtpkit.handlers import Accept, MaildirHandler, Message, Reject, RelayHandler
 from smtpkit.transports import running_server
 
 pytestmark = pytest.mark.timeout(90)
@@ -31,10 +31,11 @@ class Downstream(MaildirHandler):
             return Reject(550, f"5.1.1 <{recipient}>: Recipient address rejected: User unknown")
         return Accept()
 
-    def data(self, message: bytes) -> Any:
-        if b"Subject: reject" in message:
+    def data(self, message: Message) -> Any:
+        content = bytes(message)
+        if b"Subject: reject" in content:
             return Reject(554, "5.7.1 Message content rejected")
-        if b"Subject: defer" in message:
+        if b"Subject: defer" in content:
             return Reject(451, "4.3.0 Try again later")
         return super().data(message)
 
@@ -129,7 +130,7 @@ def test_refuses_to_be_an_open_relay(
         assert smtp.has_extn("auth")
         smtp.mail("spammer@elsewhere.example")
         assert smtp.rcpt("victim@elsewhere.example") == (
-            550,
+            554,
             b"5.7.1 <victim@elsewhere.example>: Relay access denied",
         )
         # Our own domains are open to anyone.
@@ -160,7 +161,7 @@ def test_relay_from_an_allowed_network(run_example: Any, downstream: Any, tmp_pa
         assert smtp.sendmail("a@example.org", ["friend@elsewhere.example"], MESSAGE) == {}
     with connect(gw, "127.0.0.3") as smtp:
         smtp.mail("a@example.org")
-        assert smtp.rcpt("friend@elsewhere.example")[0] == 550
+        assert smtp.rcpt("friend@elsewhere.example")[0] == 554
     assert len(delivered(tmp_path)) == 1
 
 
@@ -218,10 +219,10 @@ def test_unreachable_downstream_gives_451(run_example: Any, tmp_path: Path) -> N
         assert smtp.mail("a@elsewhere.example") == (451, b"4.4.1 Error: relay host unavailable")
 
 
-def test_gateway_class_is_a_plain_composition() -> None:
+def test_gateway_is_a_pipeline_in_order(tmp_path: Path) -> None:
     import importlib.util
 
-    from smtpkit.transports._pump import Mode, plan_for
+    from smtpkit.handlers.policies import CidrBlocklist, PasswordAuth, RelayControl
 
     spec = importlib.util.spec_from_file_location(
         "gateway_example", Path(__file__).resolve().parents[2] / "examples" / "gateway.py"
@@ -229,8 +230,12 @@ def test_gateway_class_is_a_plain_composition() -> None:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    plan = plan_for(module.Gateway)
-    for hook in ("welcome", "auth", "mail", "rcpt", "data"):
-        assert plan.modes[hook] is Mode.THREAD, hook
-    assert plan.modes["ehlo"] is Mode.DEFAULT
-    assert issubclass(module.Gateway, Handler)
+    (tmp_path / "blocked").write_text("192.0.2.0/24\n")
+    (tmp_path / "users").write_text("alice:wonderland\n")
+    args = module.parse_args(
+        ["--downstream", "127.0.0.1:25", "--blocklist", str(tmp_path / "blocked"),
+         "--users", str(tmp_path / "users"), "--local-domains", "example.org"]
+    )  # fmt: skip
+    pipeline = module.gateway(args)
+    assert [type(p) for p in pipeline.policies] == [CidrBlocklist, PasswordAuth, RelayControl]
+    assert pipeline.deliverer_class is RelayHandler

@@ -23,7 +23,7 @@ from support import WAIT
 
 import smtpkit.handlers._maildir as maildir_module
 from smtp_core import Config
-from smtpkit.handlers import Maildir, MaildirHandler, mailbox_name
+from smtpkit.handlers import Maildir, MaildirHandler, Message, mailbox_name
 from smtpkit.transports import running_server
 
 pytestmark = pytest.mark.timeout(60)
@@ -392,3 +392,92 @@ def test_a_tmp_that_cannot_be_listed_is_logged_not_fatal(
     assert maildir.deliver(MESSAGE).parent == box / "new"
     [warning] = [r.getMessage() for r in caplog.records]
     assert warning.startswith(f"cannot clean up {box / 'tmp'}: ")
+
+
+class LinkingOS(RecordingOS):
+    """RecordingOS that records hard links too, or refuses them as across file systems."""
+
+    def __init__(self, calls: list[tuple[str, ...]], *, cross_device: bool = False) -> None:
+        super().__init__(calls)
+        self.cross_device = cross_device
+
+    def link(self, src: Any, dst: Any) -> None:
+        if self.cross_device:
+            raise OSError(18, "Invalid cross-device link")  # EXDEV
+        self.calls.append(("link", os.fspath(src), os.fspath(dst)))
+        os.link(src, dst)
+
+
+BIG = b"Subject: big\r\n\r\n" + b"".join(b"line %07d\r\n" % i for i in range(20_000))
+
+
+def deliver_spooled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_os: RecordingOS, factory: Any
+) -> tuple[Path, list[tuple[str, ...]]]:
+    box = tmp_path / "md"
+    Maildir(box)
+    monkeypatch.setattr(maildir_module, "os", fake_os)
+    spool = tmp_path / "spool"
+    with running_server(factory, spool_threshold=4096, spool_dir=str(spool)) as server:
+        send(server, "a@example.org", ["b@example.org"], BIG)
+        fake_os.calls.append(("replied",))
+    assert not any(spool.rglob("*/*"))  # the spool file is gone; the mailbox keeps its link
+    [path] = (box / "new").iterdir()
+    return path, fake_os.calls
+
+
+def test_a_spooled_message_without_edits_is_hard_linked_in_the_same_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, ...]] = []
+    path, calls = deliver_spooled(
+        tmp_path, monkeypatch, LinkingOS(calls), functools.partial(MaildirHandler, tmp_path / "md")
+    )
+    tmp, new = str(tmp_path / "md" / "tmp" / path.name), str(path)
+    assert [c[0] for c in calls] == ["link", "fsync", "rename", "fsync", "replied"]
+    assert calls[0][2] == tmp and calls[1] == ("fsync", tmp) and calls[2] == ("rename", tmp, new)
+    content = path.read_bytes()
+    assert content.startswith(b"Received: ") and content.endswith(BIG)
+
+
+def test_across_file_systems_the_spooled_message_is_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, ...]] = []
+    path, calls = deliver_spooled(
+        tmp_path,
+        monkeypatch,
+        LinkingOS(calls, cross_device=True),
+        functools.partial(MaildirHandler, tmp_path / "md"),
+    )
+    kinds = [c[0] for c in calls]
+    assert "link" not in kinds and kinds.count("write") >= 1
+    assert kinds[kinds.index("fsync") - 1] == "write" and kinds[-4:] == [
+        "fsync",
+        "rename",
+        "fsync",
+        "replied",
+    ]
+    assert path.read_bytes().endswith(BIG)
+
+
+class Stamped(MaildirHandler):
+    """A deliverer behind a policy that edits the header."""
+
+    def data(self, message: Message) -> Any:
+        message.add_header("X-Checked", "yes")
+        message.remove_header("Subject")
+        return super().data(message)
+
+
+def test_header_edits_are_written_not_linked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, ...]] = []
+    path, calls = deliver_spooled(
+        tmp_path, monkeypatch, LinkingOS(calls), functools.partial(Stamped, tmp_path / "md")
+    )
+    assert "link" not in [c[0] for c in calls]
+    content = path.read_bytes()
+    assert content.startswith(b"X-Checked: yes\r\nReceived: ")
+    assert b"Subject: big" not in content and content.endswith(BIG[len(b"Subject: big\r\n") :])

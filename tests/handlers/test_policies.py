@@ -1,8 +1,7 @@
-"""Policies composed by inheritance in front of a delivery handler."""
+"""The ready policies, each in a Pipeline in front of a real server, and their TOML tables."""
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import smtplib
 import socket
@@ -15,23 +14,35 @@ from support import WAIT
 from smtp_core import Config
 from smtpkit.handlers import (
     Accept,
-    CidrBlocklist,
-    Dnsbl,
     Handler,
     HookResult,
-    MaildirHandler,
-    Networks,
-    PasswordAuth,
-    PasswordFile,
+    MaildirDelivery,
+    Pipeline,
     Policy,
     RcptParams,
     Reject,
-    RelayControl,
     SinkHandler,
 )
-from smtpkit.handlers._policies import dnsbl_name
+from smtpkit.handlers.policies import (
+    POLICY_TYPES,
+    CidrAllowlist,
+    CidrBlocklist,
+    ConfigError,
+    Dnsbl,
+    Networks,
+    PasswordAuth,
+    PasswordFile,
+    RecipientDomains,
+    RecipientTable,
+    RelayControl,
+    RequireAuth,
+    RequireTls,
+    Rhsbl,
+    SenderDomains,
+    build_policy,
+    dnsbl_name,
+)
 from smtpkit.transports import running_server
-from smtpkit.transports._pump import Mode, plan_for
 
 pytestmark = pytest.mark.timeout(60)
 PLAINTEXT_AUTH = Config(auth_allow_plaintext=True)
@@ -85,81 +96,13 @@ def test_networks_load(tmp_path: Path) -> None:
         Networks.load(path)
 
 
-# ---------------------------------------------------------------------------------- composition
+# ---------------------------------------------------------------------------------- CIDR lists
 
 
-def test_hooks_are_detected_through_the_mixins() -> None:
-    class Composed(CidrBlocklist, RelayControl, MaildirHandler):
-        pass
-
-    modes = plan_for(Composed).modes
-    assert modes["welcome"] is Mode.THREAD
-    assert modes["rcpt"] is Mode.THREAD
-    assert modes["data"] is Mode.THREAD
-    assert modes["mail"] is Mode.DEFAULT
-    assert modes["ehlo"] is Mode.DEFAULT
-    assert modes["auth"] is Mode.DEFAULT  # no AUTH offered
-
-
-def test_non_blocking_delivery_keeps_cheap_checks_inline_but_not_dns() -> None:
-    class Cheap(CidrBlocklist, SinkHandler):
-        pass
-
-    class WithDns(Dnsbl, SinkHandler):
-        pass
-
-    assert plan_for(Cheap).modes["welcome"] is Mode.INLINE
-    assert plan_for(WithDns).modes["welcome"] is Mode.THREAD  # Dnsbl blocks: worker pool
-
-
-def test_a_policy_cannot_hand_over_to_an_async_hook() -> None:
-    class AsyncDelivery(Handler):
-        async def rcpt(self, recipient: str, params: RcptParams) -> HookResult:
-            return Accept()
-
-    with pytest.raises(TypeError, match=r"RelayControl.rcpt\(\) is a plain def"):
-
-        class Broken(RelayControl, AsyncDelivery):
-            pass
-
-    class MyCheck(Policy):
-        def rcpt(self, recipient: str, params: RcptParams) -> HookResult:
-            return super().rcpt(recipient, params)
-
-    with pytest.raises(TypeError, match=r"MyCheck.rcpt\(\) is a plain def"):
-
-        class AlsoBroken(MyCheck, AsyncDelivery):
-            pass
-
-    # Overriding an async hook outright (no super()) is fine.
-    class Replaces(AsyncDelivery):
-        def rcpt(self, recipient: str, params: RcptParams) -> HookResult:
-            return Accept()
-
-
-def test_your_own_check_in_the_same_pattern() -> None:
-    class NoSpamSender(Policy):
-        def mail(self, sender: str, params: Any) -> Any:
-            if sender.endswith("@spam.example"):
-                return Reject(550, "5.7.1 Sender rejected")
-            return super().mail(sender, params)
-
-    class Store(NoSpamSender, SinkHandler):
-        pass
-
-    with running_server(Store) as server, client(server) as smtp:
-        assert smtp.mail("x@spam.example") == (550, b"5.7.1 Sender rejected")
-        assert smtp.mail("x@ok.example")[0] == 250
-
-
-# ---------------------------------------------------------------------------------- CidrBlocklist
-
-
-def test_blocklisted_client_gets_421_and_is_dropped() -> None:
-    class Guarded(CidrBlocklist, SinkHandler):
-        blocklist = Networks(["127.0.0.2/32"])
-
-    with running_server(Guarded) as server:
+def test_blocklisted_client_gets_421_and_is_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "blocked"
+    path.write_text("127.0.0.2/32\n")
+    with running_server(Pipeline(CidrBlocklist.load(path), deliver=SinkHandler)) as server:
         first, rest = greeting(server, source="127.0.0.2")
         assert first.startswith(b"421 ")
         assert b"Error: client host [127.0.0.2] blocked" in first
@@ -169,7 +112,16 @@ def test_blocklisted_client_gets_421_and_is_dropped() -> None:
         assert rest == b"(still open)"
 
 
-# ---------------------------------------------------------------------------------- Dnsbl
+def test_an_allowlist_before_the_blocklist_exempts_its_clients() -> None:
+    pipeline = Pipeline(
+        CidrAllowlist(["127.0.0.3/32"]), CidrBlocklist(["127.0.0.0/8"]), deliver=SinkHandler
+    )
+    with running_server(pipeline) as server:
+        assert greeting(server, source="127.0.0.3")[0].startswith(b"220 ")
+        assert greeting(server, source="127.0.0.4")[0].startswith(b"421 ")
+
+
+# ---------------------------------------------------------------------------------- DNS lists
 
 
 def test_dnsbl_name() -> None:
@@ -180,14 +132,15 @@ def test_dnsbl_name() -> None:
     assert len(v6.split(".")) == 32 + 2
 
 
-def dnsbl_handler(stub: Any, zones: tuple[str, ...] = ("bl.test",), **attrs: Any) -> type:
-    namespace = {"dnsbl_zones": zones, "dns_server": stub.address, "dns_timeout": 2.0, **attrs}
-    return type("Guarded", (Dnsbl, SinkHandler), namespace)
+def servers(stub: Any) -> list[str]:
+    host, port = stub.address
+    return [f"{host}:{port}"]
 
 
 def test_dnsbl_listed_client_is_dropped(dns_stub: Any) -> None:
     dns_stub.listed.add("2.0.0.127.bl.test")
-    with running_server(dnsbl_handler(dns_stub)) as server:
+    dnsbl = Dnsbl("bl.test", dns_servers=servers(dns_stub), timeout=2.0)
+    with running_server(Pipeline(dnsbl, deliver=SinkHandler)) as server:
         first, rest = greeting(server, source="127.0.0.2")
         assert first.startswith(b"421 ")
         assert b"blocked using bl.test" in first
@@ -199,7 +152,8 @@ def test_dnsbl_listed_client_is_dropped(dns_stub: Any) -> None:
 
 def test_dnsbl_checks_each_zone(dns_stub: Any) -> None:
     dns_stub.listed.add("3.0.0.127.second.test")
-    with running_server(dnsbl_handler(dns_stub, ("first.test", "second.test"))) as server:
+    dnsbl = Dnsbl("first.test", "second.test", dns_servers=servers(dns_stub), timeout=2.0)
+    with running_server(Pipeline(dnsbl, deliver=SinkHandler)) as server:
         assert greeting(server, source="127.0.0.3")[0].startswith(b"421 ")
     assert dns_stub.queries == ["3.0.0.127.first.test", "3.0.0.127.second.test"]
 
@@ -207,92 +161,60 @@ def test_dnsbl_checks_each_zone(dns_stub: Any) -> None:
 def test_dnsbl_failure_lets_the_client_in(dns_stub: Any) -> None:
     dns_stub.silent = True
     dns_stub.listed.add("2.0.0.127.bl.test")
-    with running_server(dnsbl_handler(dns_stub, dns_timeout=0.3)) as server:
+    dnsbl = Dnsbl("bl.test", dns_servers=servers(dns_stub), timeout=0.3)
+    with running_server(Pipeline(dnsbl, deliver=SinkHandler)) as server:
         assert greeting(server, source="127.0.0.2")[0].startswith(b"220 ")
 
 
 def test_dnsbl_error_codes_are_not_listings(dns_stub: Any, monkeypatch: Any) -> None:
-    cls = dnsbl_handler(dns_stub)
-    handler = cls()
     import dns.resolver
 
-    class Answer(list[Any]):
-        pass
-
     class Record:
-        def __init__(self, text: str) -> None:
-            self.text = text
-
         def to_text(self) -> str:
-            return self.text
+            return "127.255.255.254"  # "you are using a public resolver"
 
-    def fake(self: Any, name: str, *args: Any, **kwargs: Any) -> Any:
-        return Answer([Record("127.255.255.254")])
-
-    monkeypatch.setattr(dns.resolver.Resolver, "resolve", fake)
-    assert not handler.dnsbl_listed("192.0.2.1", "bl.test")
+    monkeypatch.setattr(dns.resolver.Resolver, "resolve", lambda *args, **kw: [Record()])
+    dnsbl = Dnsbl("bl.test", dns_servers=servers(dns_stub), timeout=2.0)
+    assert not dnsbl.listed("2.0.0.127.bl.test", "bl.test")
 
 
-# ---------------------------------------------------------------------------------- RelayControl
+def test_rhsbl_refuses_listed_sender_domains(dns_stub: Any) -> None:
+    dns_stub.listed.add("spam.example.dbl.test")
+    rhsbl = Rhsbl("dbl.test", dns_servers=servers(dns_stub), timeout=2.0)
+    with running_server(Pipeline(rhsbl, deliver=SinkHandler)) as server, client(server) as smtp:
+        assert smtp.mail("x@Spam.Example") == (
+            554,
+            b"5.7.1 <x@Spam.Example>: Sender address rejected: domain listed by dbl.test",
+        )
+        assert smtp.mail("x@ok.example")[0] == 250
+        smtp.rset()
+        assert smtp.mail("")[0] == 250  # bounces are not looked up
+    assert dns_stub.queries == ["spam.example.dbl.test", "ok.example.dbl.test"]
 
 
-class Recorder(Handler):
-    accepted: ClassVar[list[str]]
-
-    def rcpt(self, recipient: str, params: RcptParams) -> HookResult:
-        type(self).accepted.append(recipient)
-        return Accept()
+# ---------------------------------------------------------------------------------- TLS, AUTH
 
 
-def relay_policy(**attrs: Any) -> type:
-    users = PasswordFile({"alice": "wonderland"})
-    namespace = {"accepted": [], "local_domains": frozenset({"example.org"}), **attrs}
-    namespace["password_file"] = users
-    return type("Gate", (RelayControl, PasswordAuth, Recorder), namespace)
+def test_require_tls_before_starttls(tls: Any) -> None:
+    pipeline = Pipeline(RequireTls(), deliver=SinkHandler)
+    with running_server(pipeline, ssl_context=tls.server) as server, client(server) as smtp:
+        assert smtp.mail("a@example.org") == (530, b"5.7.0 Must issue a STARTTLS command first")
+        smtp.starttls(context=tls.client)
+        smtp.ehlo("client.example")
+        assert smtp.mail("a@example.org")[0] == 250
 
 
-def test_no_open_relay() -> None:
-    cls = relay_policy()
-    with running_server(cls, config=PLAINTEXT_AUTH) as server:
-        with client(server) as smtp:
-            smtp.mail("someone@elsewhere.example")
-            assert smtp.rcpt("bob@example.org")[0] == 250  # ours
-            assert smtp.rcpt("POSTMASTER")[0] == 250
-            assert smtp.rcpt("bob@Example.ORG.")[0] == 250
-            assert smtp.rcpt("victim@elsewhere.example") == (
-                550,
-                b"5.7.1 <victim@elsewhere.example>: Relay access denied",
-            )
-        with client(server) as smtp:
-            smtp.login("alice", "wonderland")
-            smtp.mail("alice@example.org")
-            assert smtp.rcpt("friend@elsewhere.example")[0] == 250  # authenticated
-    assert cls.accepted == [
-        "bob@example.org",
-        "POSTMASTER",
-        "bob@Example.ORG.",
-        "friend@elsewhere.example",
-    ]
-
-
-def test_relay_from_allowed_networks() -> None:
-    cls = relay_policy(relay_networks=Networks(["127.0.0.2/32"]))
-    with running_server(cls) as server:
-        with client(server, "127.0.0.2") as smtp:
-            smtp.mail("a@example.org")
-            assert smtp.rcpt("friend@elsewhere.example")[0] == 250
-        with client(server) as smtp:
-            smtp.mail("a@example.org")
-            assert smtp.rcpt("friend@elsewhere.example")[0] == 550
-
-
-# ---------------------------------------------------------------------------------- PasswordAuth
+def test_require_auth() -> None:
+    pipeline = Pipeline(PasswordAuth({"alice": "wonderland"}), RequireAuth(), deliver=SinkHandler)
+    with running_server(pipeline, config=PLAINTEXT_AUTH) as server, client(server) as smtp:
+        assert smtp.mail("a@example.org") == (530, b"5.7.0 Authentication required")
+        smtp.login("alice", "wonderland")
+        assert smtp.mail("a@example.org")[0] == 250
 
 
 def test_password_auth_offers_and_checks() -> None:
-    cls = relay_policy()
-    assert plan_for(cls).offers_auth
-    with running_server(cls, config=PLAINTEXT_AUTH) as server, client(server) as smtp:
+    pipeline = Pipeline(PasswordAuth(PasswordFile({"alice": "wonderland"})), deliver=SinkHandler)
+    with running_server(pipeline, config=PLAINTEXT_AUTH) as server, client(server) as smtp:
         assert "PLAIN" in smtp.esmtp_features["auth"]
         with pytest.raises(smtplib.SMTPAuthenticationError) as err:
             smtp.login("alice", "wrong")
@@ -300,32 +222,169 @@ def test_password_auth_offers_and_checks() -> None:
         smtp.login("alice", "wonderland")
 
 
-def test_password_auth_hands_over_to_the_next_auth() -> None:
-    class Fallback(Handler):
+def test_no_auth_policy_no_auth_offered() -> None:
+    pipeline = Pipeline(RequireAuth(), deliver=SinkHandler)
+    with running_server(pipeline, config=PLAINTEXT_AUTH) as server, client(server) as smtp:
+        assert not smtp.has_extn("auth")
+
+
+def test_an_unknown_user_is_left_to_the_next_auth() -> None:
+    class Robots(Handler):
+        """Has the last word: knows its robot, and trusts the policies for alice."""
+
         def auth(self, user: str, password: str) -> HookResult:
-            return Accept() if (user, password) == ("robot", "token") else Reject()
+            return (
+                Accept() if user == "alice" or (user, password) == ("robot", "token") else Reject()
+            )
 
-    class Both(PasswordAuth, Fallback):
-        password_file = PasswordFile({"alice": "wonderland"})
-
-    with running_server(Both, config=PLAINTEXT_AUTH) as server:
+    pipeline = Pipeline(PasswordAuth({"alice": "wonderland"}), deliver=Robots)
+    with running_server(pipeline, config=PLAINTEXT_AUTH) as server:
         for user, password in (("alice", "wonderland"), ("robot", "token")):
             with client(server) as smtp:
                 smtp.login(user, password)
+        with client(server) as smtp, pytest.raises(smtplib.SMTPAuthenticationError):
+            smtp.login("alice", "token")  # a known user: refused, not handed over
 
 
-def test_gateway_shape_from_the_docs(tmp_path: Path) -> None:
-    """The docs' example composition serves mail end to end (delivery: Maildir)."""
-    blocked = tmp_path / "blocked"
-    blocked.write_text("203.0.113.0/24\n")
+# ---------------------------------------------------------------------------------- relay control
 
-    class Gateway(CidrBlocklist, RelayControl, PasswordAuth, MaildirHandler):
-        blocklist = Networks.load(blocked)
-        local_domains = frozenset({"example.org"})
-        password_file = PasswordFile({"alice": "wonderland"})
 
-    factory = functools.partial(Gateway, tmp_path / "mail", per_recipient=True)
-    with running_server(factory, config=PLAINTEXT_AUTH) as server, client(server) as smtp:
-        refused = smtp.sendmail("a@elsewhere.example", ["b@example.org", "c@else.example"], b"x")
-        assert refused == {"c@else.example": (550, b"5.7.1 <c@else.example>: Relay access denied")}
-    assert len(list((tmp_path / "mail" / "b@example.org" / "new").iterdir())) == 1
+class Recorder(Handler):
+    accepted: ClassVar[list[str]] = []
+    delivers_onward: ClassVar[bool] = True
+
+    def rcpt(self, recipient: str, params: RcptParams) -> HookResult:
+        self.accepted.append(recipient)
+        return Accept()
+
+
+def test_no_open_relay() -> None:
+    Recorder.accepted = []
+    pipeline = Pipeline(
+        PasswordAuth({"alice": "wonderland"}),
+        RelayControl(domains=["example.org"]),
+        deliver=Recorder,
+    )
+    with running_server(pipeline, config=PLAINTEXT_AUTH) as server:
+        with client(server) as smtp:
+            smtp.mail("someone@elsewhere.example")
+            assert smtp.rcpt("bob@example.org")[0] == 250  # ours
+            assert smtp.rcpt("POSTMASTER")[0] == 250
+            assert smtp.rcpt("bob@Example.ORG.")[0] == 250
+            assert smtp.rcpt("victim@elsewhere.example") == (
+                554,
+                b"5.7.1 <victim@elsewhere.example>: Relay access denied",
+            )
+        with client(server) as smtp:  # loopback is not trusted unless listed
+            smtp.login("alice", "wonderland")
+            smtp.mail("alice@example.org")
+            assert smtp.rcpt("friend@elsewhere.example")[0] == 250  # authenticated
+    assert Recorder.accepted == [
+        "bob@example.org",
+        "POSTMASTER",
+        "bob@Example.ORG.",
+        "friend@elsewhere.example",
+    ]
+
+
+def test_relay_from_its_networks_only() -> None:
+    pipeline = Pipeline(RelayControl(networks=["127.0.0.2/32"]), deliver=Recorder)
+    with running_server(pipeline) as server:
+        with client(server, "127.0.0.2") as smtp:
+            smtp.mail("a@example.org")
+            assert smtp.rcpt("friend@elsewhere.example")[0] == 250
+        with client(server) as smtp:
+            smtp.mail("a@example.org")
+            assert smtp.rcpt("friend@elsewhere.example")[0] == 554
+
+
+# ---------------------------------------------------------------------------------- addresses
+
+
+def test_sender_and_recipient_domains() -> None:
+    pipeline = Pipeline(
+        SenderDomains(deny=[".spam.example", "bad.example"]),
+        RecipientDomains(allow=["example.org"]),
+        deliver=SinkHandler,
+    )
+    with running_server(pipeline) as server, client(server) as smtp:
+        assert smtp.mail("a@mx.spam.example")[0] == 554
+        assert smtp.mail("a@bad.example")[0] == 554
+        assert smtp.mail("a@spam.example")[0] == 250  # ".spam.example" is its subdomains
+        assert smtp.rcpt("b@example.org")[0] == 250
+        assert smtp.rcpt("b@example.net") == (
+            554,
+            b"5.7.1 <b@example.net>: Recipient address rejected: domain not allowed",
+        )
+
+
+def test_recipient_table(tmp_path: Path) -> None:
+    path = tmp_path / "recipients"
+    path.write_text("# users\nalice@example.org\n@example.net\n")
+    table = RecipientTable.load(path)
+    pipeline = Pipeline(table, deliver=MaildirDelivery(tmp_path / "mail", per_recipient=True))
+    with running_server(pipeline) as server, client(server) as smtp:
+        smtp.mail("a@elsewhere.example")
+        assert smtp.rcpt("Alice+news@Example.org")[0] == 250
+        assert smtp.rcpt("anyone@example.net")[0] == 250  # the whole domain
+        assert smtp.rcpt("postmaster@example.org")[0] == 250
+        assert smtp.rcpt("bob@example.org") == (
+            550,
+            b"5.1.1 <bob@example.org>: Recipient address rejected: User unknown",
+        )
+        assert smtp.rcpt("x@elsewhere.example")[0] == 250  # not its business
+    path.write_text("alice@example.org\nnot an address\n")
+    with pytest.raises(ValueError, match="recipients:2"):
+        RecipientTable.load(path)
+
+
+# ---------------------------------------------------------------------------------- TOML tables
+
+
+def test_every_type_name_builds(tmp_path: Path) -> None:
+    users = tmp_path / "users"
+    users.write_text("alice:wonderland\n")
+    tables: dict[str, dict[str, Any]] = {
+        "cidr-blocklist": {"networks": ["192.0.2.0/24"]},
+        "cidr-allowlist": {"networks": ["10.0.0.0/8"]},
+        "dnsbl": {"zones": ["zen.example"]},
+        "rhsbl": {"zones": ["dbl.example"]},
+        "require-tls": {},
+        "require-auth": {},
+        "password-auth": {"file": str(users)},
+        "relay-control": {"networks": ["10.0.0.0/8"], "domains": ["example.org"]},
+        "sender-domains": {"deny": ["spam.example"]},
+        "recipient-domains": {"allow": ["example.org"]},
+        "recipient-table": {"addresses": ["alice@example.org"]},
+    }
+    assert tables.keys() == POLICY_TYPES.keys()
+    for kind, keys in tables.items():
+        assert isinstance(build_policy({"type": kind, **keys}), Policy)
+
+
+def test_dns_servers_point_every_lookup() -> None:
+    policy = build_policy({"type": "dnsbl", "zones": ["z.example"]}, {"dns_servers": ["::1:53"]})
+    assert isinstance(policy, Dnsbl)
+    policy = build_policy({"type": "rhsbl", "zones": ["z"]}, {"dns_servers": ["127.0.0.1:5353"]})
+    assert isinstance(policy, Rhsbl) and policy.dns_servers == (("127.0.0.1", 5353),)
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "why"),
+    [
+        ({"type": "nope"}, "type", "'nope' is not a policy type"),
+        ({}, "type", "missing"),
+        ({"type": "dnsbl"}, "zones", "missing"),
+        ({"type": "dnsbl", "zones": "z"}, "zones", "expected an array of strings"),
+        ({"type": "relay-control", "networks": ["nonsense"]}, "networks", "nonsense"),
+        ({"type": "relay-control", "domain": ["x"]}, "domain", "not a key of type"),
+        ({"type": "password-auth", "file": "/nonexistent"}, "file", "cannot read"),
+        ({"type": "cidr-blocklist"}, "", "needs networks"),
+        ({"type": "require-tls", "strict": True}, "strict", "its keys: none"),
+    ],
+)
+def test_table_problems_name_the_key(table: dict[str, Any], key: str, why: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        build_policy(table)
+    assert raised.value.key == key
+    assert why in raised.value.why

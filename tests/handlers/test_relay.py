@@ -25,12 +25,14 @@ from smtpkit.handlers import (
     Accept,
     Close,
     Handler,
+    Message,
     PasswordFile,
+    Pipeline,
     Reject,
     RelayHandler,
-    with_password_file,
 )
 from smtpkit.handlers._relay import upstream_reply, xtext
+from smtpkit.handlers.policies import PasswordAuth
 from smtpkit.transports import running_server
 from smtpkit.transports._pump import Mode, plan_for
 
@@ -65,10 +67,10 @@ class Upstream(Handler):
             return Reject(450, f"4.2.0 <{recipient}>: Recipient address rejected: Greylisted")
         return Accept()
 
-    def data(self, message: bytes) -> Any:
+    def data(self, message: Message) -> Any:
         if self.data_verdict is not None:
             return self.data_verdict
-        type(self).messages.append((self.envelope.sender, self.envelope.recipients, message))
+        type(self).messages.append((self.envelope.sender, self.envelope.recipients, bytes(message)))
         return Accept()
 
     def reset(self) -> None:
@@ -376,7 +378,7 @@ def test_starttls_verifies_with_a_given_context(ca: trustme.CA, server_tls: ssl.
 def test_auth_to_the_upstream(server_tls: ssl.SSLContext) -> None:
     cls = upstream_class()
     users = PasswordFile({"relay": "s3cret"})
-    factory = with_password_file(cls, users)
+    factory = Pipeline(PasswordAuth(users), deliver=cls)
     with running_server(factory, ssl_context=server_tls) as up:
         good = relay_to(up, username="relay", password="s3cret")
         with running_server(good) as relay, client(relay) as smtp:
@@ -394,7 +396,7 @@ def test_no_credentials_in_plaintext_unless_allowed() -> None:
     cls = upstream_class()
     users = PasswordFile({"relay": "s3cret"})
     plaintext = Config(auth_allow_plaintext=True)
-    with running_server(with_password_file(cls, users), config=plaintext) as up:
+    with running_server(Pipeline(PasswordAuth(users), deliver=cls), config=plaintext) as up:
         refused = relay_to(up, username="relay", password="s3cret")
         with running_server(refused) as relay, client(relay) as smtp:
             assert smtp.mail("a@example.org")[0] == 451
@@ -519,7 +521,7 @@ def test_a_slow_upstream_does_not_block_other_clients() -> None:
     release = threading.Event()
 
     class Slow(Upstream):
-        def data(self, message: bytes) -> Any:
+        def data(self, message: Message) -> Any:
             entered.set()
             release.wait(WAIT)
             return Accept()
@@ -570,7 +572,8 @@ def test_cli_relay_handler(tmp_path: Any) -> None:
     from smtpkit.transports._cli import CLIError, parse_serve
 
     command = parse_serve(["--handler", "relay", "--relay", "mx.example.net:2525"])
-    factory = command.factory
+    assert isinstance(command.factory, Pipeline)  # with relay control (tests/test_cli_policies.py)
+    factory = command.factory.deliver
     assert isinstance(factory, functools.partial)
     assert factory.func is RelayHandler
     assert factory.args == ("mx.example.net", 2525)
@@ -585,7 +588,7 @@ def test_cli_relay_handler(tmp_path: Any) -> None:
             f"--relay-auth={secret}",
         ]
     )
-    handler = command.factory()
+    handler = command.factory().deliverer  # type: ignore[attr-defined]
     assert isinstance(handler, RelayHandler)
     assert (handler.host, handler.port, handler.starttls) == ("mx.example.net", 25, "required")
     assert (handler.username, handler.password) == ("me@example.net", "pa:ss word")
@@ -595,3 +598,37 @@ def test_cli_relay_handler(tmp_path: Any) -> None:
         parse_serve(["--handler", "sink", "--relay-starttls", "off"])
     with pytest.raises(CLIError, match="relay-auth"):
         parse_serve(["--handler", "relay", "--relay", "h:25", "--relay-auth", str(tmp_path)])
+
+
+def _big_message() -> bytes:
+    """Over the spool threshold (so the relay streams it from a file), with dot lines and
+    a final-dot look-alike at many offsets, so piece boundaries fall everywhere."""
+    lines = [b"Subject: big\r\n", b"\r\n"]
+    for i in range(100_000):
+        lines.append(b"." * (i % 3) + b"line %06d\r\n" % i)
+        if i % 997 == 0:
+            lines.append(b".\r\n")  # a lone dot line: must be stuffed going out
+    return b"".join(lines)
+
+
+@pytest.mark.parametrize("chunking", [True, False], ids=["BDAT", "DATA"])
+def test_a_spooled_message_is_streamed_whole_by_bdat_or_stuffed_data(
+    chunking: bool, tmp_path: Any
+) -> None:
+    """CHUNKING upstream: BDAT chunks; otherwise dot-stuffed DATA, written by the relay itself.
+    Either way the upstream gets exactly the message, dot lines and all."""
+    cls = upstream_class()
+    body = _big_message()
+    assert len(body) > 1 << 20
+    with (
+        running_server(cls, config=Config(chunking=chunking)) as up,
+        running_server(relay_to(up), spool_threshold=64 * 1024, spool_dir=str(tmp_path)) as relay,
+        client(relay) as smtp,
+    ):
+        smtp.sendmail("a@example.org", ["b@example.org"], body)
+        smtp.sendmail("a@example.org", ["b@example.org"], b".")
+        [(_, _, first), (_, _, second)] = cls.messages
+    assert first.endswith(body)  # after the relay's and the upstream's Received: headers
+    assert second.endswith(b"\r\n.\r\n")  # a lone dot line survives, unstuffed
+    assert second.count(b"\r\n.") == 1
+    assert not any(tmp_path.rglob("*/*"))  # the relay's spool files are gone

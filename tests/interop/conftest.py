@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -288,3 +289,86 @@ def _alive(pid: int) -> bool:
     with contextlib.suppress(OSError):  # a zombie is gone for our purpose
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
     return True
+
+
+#: A private Dovecot with only its lmtp service (Debian's dovecot-lmtpd).
+DOVECOT_CONF = """\
+base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/dovecot.log
+protocols = lmtp
+ssl = no
+listen = 127.0.0.1
+default_internal_user = {user}
+default_login_user = {user}
+first_valid_uid = {uid}
+mail_location = maildir:~/Maildir
+auth_username_format = %Lu
+recipient_delimiter = +
+passdb {{
+  driver = passwd-file
+  args = {root}/users
+}}
+userdb {{
+  driver = passwd-file
+  args = {root}/users
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+"""
+
+
+class Dovecot:
+    def __init__(self, root: Path, port: int) -> None:
+        self.root = root
+        self.port = port
+
+    def delivered(self, user: str, count: int = 1) -> list[bytes]:
+        """Wait until `user`'s Maildir holds `count` messages (LMTP is synchronous: they are
+        there when the 250 came); return them all."""
+        new = self.root / "mail" / user / "Maildir" / "new"
+        deadline = time.monotonic() + WAIT
+        while True:
+            files = sorted(new.iterdir()) if new.is_dir() else []
+            if len(files) >= count or time.monotonic() > deadline:
+                return [p.read_bytes() for p in files]
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def dovecot() -> Iterator[Dovecot]:
+    """A private Dovecot with only its lmtp service, for alice@ and bob@example.org."""
+    binary = find_tool("dovecot")
+    if os.geteuid() != 0:
+        pytest.fail("a private Dovecot instance needs root (CI runs as root)", pytrace=False)
+    entry = pwd.getpwnam("dovecot")
+    root = Path(tempfile.mkdtemp(prefix="smtpkit-dovecot-"))
+    root.chmod(0o755)
+    (root / "mail").mkdir()
+    os.chown(root / "mail", entry.pw_uid, entry.pw_gid)
+    ids = f"{entry.pw_uid}:{entry.pw_gid}"
+    (root / "users").write_text(
+        "".join(f"{u}@example.org::{ids}::{root}/mail/{u}\n" for u in ("alice", "bob"))
+    )
+    port = free_port()
+    conf = root / "dovecot.conf"
+    conf.write_text(DOVECOT_CONF.format(root=root, user="dovecot", uid=entry.pw_uid, port=port))
+    proc = subprocess.Popen(
+        [binary, "-F", "-c", str(conf)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_connectable(port, proc, "dovecot")
+        yield Dovecot(root, port)
+    finally:
+        terminate(proc)
+        shutil.rmtree(root, ignore_errors=True)

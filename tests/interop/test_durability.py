@@ -5,6 +5,10 @@ in new/ (a crash before the reply may leave a file in tmp/, never in new/). In b
 server is also killed right after the final dot, before its reply, where a message may or may
 not have made it, but never in part.
 
+The messages pass the spool threshold, so each is in a spool file (hard-linked into the Maildir,
+the spool being on the same file system) when the server dies: every restart must remove the
+dead server's spool folder, and leave only its own.
+
 The order of the steps themselves (write, fsync, rename, fsync the folder, then the reply) is
 asserted by tests/handlers/test_maildir_delivery.py.
 """
@@ -54,6 +58,10 @@ def start_server(
             "crash.example",
             "--transport",
             transport,
+            "--spool-dir",
+            str(maildir.parent / "spool"),
+            "--spool-threshold",
+            "65536",
         ],
         stdin=subprocess.DEVNULL,
         stdout=log,
@@ -106,6 +114,7 @@ def test_sigkill_after_the_250_never_loses_or_tears_a_message(
     acknowledged: list[int] = []
     for n in range(ROUNDS):
         proc, port = start_server(maildir, tmp_path / f"server{n}.log", transport)
+        assert spool_folders(tmp_path) == [f"instance-{proc.pid}"], "a dead server's spool is left"
         try:
             final = send_and_kill(port, proc, message(n), wait=n % 4 != 3)
         finally:
@@ -129,3 +138,16 @@ def test_sigkill_after_the_250_never_loses_or_tears_a_message(
         missing = [r for r in acknowledged if r not in stored]
         assert not missing, f"acknowledged but lost: {missing}"
     assert len(acknowledged) >= ROUNDS * 3 // 4
+    # The last restart cleans up after the last crash; a clean stop leaves nothing at all.
+    proc, _ = start_server(maildir, tmp_path / "last.log", transport)
+    assert spool_folders(tmp_path) == [f"instance-{proc.pid}"]
+    proc.terminate()
+    assert proc.wait(30) == 0
+    assert spool_folders(tmp_path) == []
+
+
+def spool_folders(tmp_path: Path) -> list[str]:
+    """The instance folders in the spool directory, each named instance-PID-RANDOM: by PID."""
+    spool = tmp_path / "spool"
+    names = sorted(p.name for p in spool.iterdir()) if spool.is_dir() else []
+    return [name.rsplit("-", 1)[0] for name in names]

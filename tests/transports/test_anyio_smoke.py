@@ -21,7 +21,7 @@ import anyio.to_thread
 import pytest
 from support import WAIT, Peer, Tls, Transport, on_transports
 
-from smtpkit.handlers import Accept, Handler, SinkHandler
+from smtpkit.handlers import Accept, Handler, Message, SinkHandler
 
 pytestmark = [pytest.mark.timeout(60), on_transports("anyio")]
 
@@ -32,8 +32,8 @@ def test_sendmail(transport: Transport) -> None:
     class Keep(Handler):
         blocking = False
 
-        def data(self, message: bytes) -> Accept:
-            messages.append(message)
+        def data(self, message: Message) -> Accept:
+            messages.append(bytes(message))
             return Accept()
 
     with transport.serve(Keep) as server, smtplib.SMTP(*server.addresses[0]) as client:
@@ -49,7 +49,7 @@ def test_starttls_and_smtps(transport: Transport, tls: Tls) -> None:
     class Versions(Handler):
         blocking = False
 
-        def data(self, message: bytes) -> Accept:
+        def data(self, message: Message) -> Accept:
             versions.append(self.session.tls_version)
             return Accept()
 
@@ -200,7 +200,7 @@ def test_shutdown_ends_idle_sessions_and_lets_transactions_finish(transport: Tra
     in_hook, release = threading.Event(), threading.Event()
 
     class Slow(Handler):
-        def data(self, message: bytes) -> Accept:
+        def data(self, message: Message) -> Accept:
             in_hook.set()
             assert release.wait(WAIT)
             return Accept()
@@ -231,7 +231,7 @@ def test_grace_period_cuts_off(transport: Transport) -> None:
     in_hook, release = threading.Event(), threading.Event()
 
     class Stuck(Handler):
-        def data(self, message: bytes) -> Accept:
+        def data(self, message: Message) -> Accept:
             in_hook.set()
             release.wait(WAIT)
             return Accept()

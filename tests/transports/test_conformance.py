@@ -42,7 +42,7 @@ from support import (
 )
 
 from smtp_core import Config, MailParams, RcptParams
-from smtpkit.handlers import Accept, Close, Handler, MaildirHandler, Reject, SinkHandler
+from smtpkit.handlers import Accept, Close, Handler, MaildirHandler, Message, Reject, SinkHandler
 from smtpkit.transports import Server, ServerOptions
 from smtpkit.transports._limits import ConnectionLimits
 
@@ -63,8 +63,8 @@ class Keep(Handler):
     blocking = False
     messages: list[bytes] = []
 
-    def data(self, message: bytes) -> Accept:
-        self.messages.append(message)
+    def data(self, message: Message) -> Accept:
+        self.messages.append(bytes(message))
         return Accept()
 
 
@@ -141,8 +141,8 @@ def test_starttls(transport: Transport, tls: Tls) -> None:
     class Watch(Handler):
         blocking = False
 
-        def data(self, message: bytes) -> Accept:
-            calls.add("data", (self.session.tls, self.session.tls_version, message))
+        def data(self, message: Message) -> Accept:
+            calls.add("data", (self.session.tls, self.session.tls_version, bytes(message)))
             return Accept()
 
     with (
@@ -183,7 +183,7 @@ class AliceOnly(Handler):
             return Accept()
         return Reject()
 
-    def data(self, message: bytes) -> Accept:
+    def data(self, message: Message) -> Accept:
         s, e = self.session, self.envelope
         self.seen.append((s.peer, s.helo_name, s.tls, s.user, e.sender, e.recipients))
         return Accept()
@@ -260,7 +260,7 @@ def test_smtps_listener(transport: Transport, tls: Tls) -> None:
             calls.add("welcome", self.session.tls)
             return Accept()
 
-        def data(self, message: bytes) -> Accept:
+        def data(self, message: Message) -> Accept:
             calls.add("data", (self.session.tls, self.session.tls_version))
             return Accept()
 
@@ -287,8 +287,8 @@ class Picky(Handler):
     def rcpt(self, recipient: str, params: RcptParams) -> Accept | Reject:
         return Reject() if recipient.startswith("nobody@") else Accept()
 
-    def data(self, message: bytes) -> Accept | Reject:
-        if b"tempfail" in message:
+    def data(self, message: Message) -> Accept | Reject:
+        if b"tempfail" in bytes(message):
             return Reject(451, "4.3.0 Try again later")
         return Accept()
 
@@ -325,8 +325,8 @@ def test_smtputf8(transport: Transport) -> None:
     class Watch(Handler):
         blocking = False
 
-        def data(self, message: bytes) -> Accept:
-            calls.add("data", (self.envelope.sender, self.envelope.recipients, message))
+        def data(self, message: Message) -> Accept:
+            calls.add("data", (self.envelope.sender, self.envelope.recipients, bytes(message)))
             return Accept()
 
     text = "From: jörg@exämple.test\r\nSubject: grüße\r\n\r\nHallo, 世界\r\n".encode()
@@ -377,7 +377,7 @@ def test_fake_handler_from_the_seed(transport: Transport) -> None:
         def rcpt(self, recipient: str, params: RcptParams) -> Accept:
             return Accept(f"{recipient}, recipient ok")
 
-        def data(self, message: bytes) -> Accept:
+        def data(self, message: Message) -> Accept:
             return Accept("Requested mail action okay, completed.")
 
     with transport.serve(FakeHandler) as server, Peer((server.host, server.port)) as p:
@@ -419,7 +419,7 @@ def test_aiosmtplib_starttls(transport: Transport, tls: Tls) -> None:
     class Watch(Handler):
         blocking = False
 
-        def data(self, message: bytes) -> Accept:
+        def data(self, message: Message) -> Accept:
             calls.add("data", self.session.tls)
             return Accept()
 
@@ -470,7 +470,7 @@ class Blocking(Handler):
     def rcpt(self, recipient: str, params: RcptParams) -> Accept | Reject:
         return Reject() if recipient.startswith("nobody@") else Accept()
 
-    def data(self, message: bytes) -> Accept:
+    def data(self, message: Message) -> Accept:
         return Accept()
 
 
@@ -667,7 +667,7 @@ def test_hooks_see_session_and_envelope(transport: Transport) -> None:
             calls.add("rcpt", (self.envelope.sender, self.envelope.recipients))
             return Accept()
 
-        def data(self, message: bytes) -> Accept:
+        def data(self, message: Message) -> Accept:
             s, e = self.session, self.envelope
             calls.add("data", (s.peer, s.helo_name, s.tls, s.user, e.sender, e.recipients))
             return Accept()
@@ -795,7 +795,7 @@ def test_async_hooks(transport: Transport) -> None:
         async def rcpt(self, recipient: str, params: RcptParams) -> Accept | Reject:
             return Reject() if recipient.startswith("nobody@") else Accept()
 
-        async def data(self, message: bytes) -> Accept:
+        async def data(self, message: Message) -> Accept:
             self.seen.append(self.envelope.sender or "")
             return Accept()
 
@@ -837,7 +837,7 @@ def test_a_blocked_hook_does_not_delay_other_connections(transport: Transport, h
                 assert release.wait(WAIT)
             return Accept()
 
-        def data(self, message: bytes) -> Accept:
+        def data(self, message: Message) -> Accept:
             if hook == "data" and first.acquire(blocking=False):
                 entered.set()
                 assert release.wait(WAIT)
@@ -873,7 +873,7 @@ def test_blocking_hooks_run_concurrently_up_to_the_pool_size(transport: Transpor
     barrier = threading.Barrier(n, timeout=WAIT)  # passes only if n data() run at once
 
     class Meet(Handler):
-        def data(self, message: bytes) -> Accept:
+        def data(self, message: Message) -> Accept:
             barrier.wait()
             return Accept()
 
@@ -1061,7 +1061,7 @@ def test_graceful_shutdown(transport: Transport) -> None:
     calls = Calls()
 
     class Slow(Handler):
-        def data(self, message: bytes) -> Accept:
+        def data(self, message: Message) -> Accept:
             in_hook.set()
             assert release.wait(WAIT)
             return Accept()
@@ -1107,7 +1107,7 @@ def test_grace_period_cuts_off_a_stuck_hook(transport: Transport) -> None:
     calls = Calls()
 
     class Stuck(Handler):
-        def data(self, message: bytes) -> Accept:
+        def data(self, message: Message) -> Accept:
             in_hook.set()
             release.wait(4 * WAIT)
             return Accept()

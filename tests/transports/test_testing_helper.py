@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from support import WAIT, Transport
 
-from smtpkit.handlers import Accept, Handler
+from smtpkit.handlers import Accept, Handler, Message
 from smtpkit.transports import Server, running_server
 from smtpkit.transports.testing import TEST_GRACE_PERIOD, ServerFactory
 
@@ -30,8 +30,8 @@ class Keep(Handler):
     def __init__(self, messages: list[bytes]) -> None:
         self.messages = messages
 
-    def data(self, message: bytes) -> Accept:
-        self.messages.append(message)
+    def data(self, message: Message) -> Accept:
+        self.messages.append(bytes(message))
         return Accept()
 
 

@@ -23,7 +23,7 @@ import pytest
 from support import WAIT, Peer, Tls, Transport, active_sessions, on_transports, wait_until
 
 from smtp_core import Config
-from smtpkit.handlers import Accept, Handler, SinkHandler
+from smtpkit.handlers import Accept, Handler, Message, SinkHandler
 
 pytestmark = [pytest.mark.timeout(60), on_transports("threads")]
 
@@ -50,9 +50,9 @@ def test_sendmail_runs_plain_hooks_on_the_pool(transport: Transport) -> None:
     closed = threading.Event()
 
     class Keep(Handler):  # blocking (the default): every hook goes to the pool
-        def data(self, message: bytes) -> Accept:
+        def data(self, message: Message) -> Accept:
             seen.append(("data", threading.current_thread().name))
-            assert message.endswith(b"Subject: x\r\n\r\nhi\r\n")
+            assert bytes(message).endswith(b"Subject: x\r\n\r\nhi\r\n")
             return Accept()
 
         def close(self) -> None:
@@ -106,8 +106,8 @@ def test_blocked_hook_stalls_no_other_session(transport: Transport) -> None:
     in_hook, release = threading.Event(), threading.Event()
 
     class Slow(Handler):
-        def data(self, message: bytes) -> Accept:
-            if b"slow" in message:
+        def data(self, message: Message) -> Accept:
+            if b"slow" in bytes(message):
                 in_hook.set()
                 assert release.wait(WAIT)
             return Accept()
@@ -171,7 +171,7 @@ def test_no_hook_result_is_lost_under_load(transport: Transport) -> None:
         def rcpt(self, recipient: str, params: object) -> Accept:
             return Accept()
 
-        def data(self, message: bytes) -> Accept:
+        def data(self, message: Message) -> Accept:
             nonlocal calls
             with lock:
                 calls += 1
@@ -206,7 +206,7 @@ def test_starttls_and_smtps(transport: Transport, tls: Tls) -> None:
     versions: list[str | None] = []
 
     class Versions(Handler):  # blocking: the hooks run on the pool, behind TLS
-        def data(self, message: bytes) -> Accept:
+        def data(self, message: Message) -> Accept:
             versions.append(self.session.tls_version)
             return Accept()
 
@@ -273,7 +273,7 @@ def test_no_timeout_while_a_hook_runs(transport: Transport) -> None:
     in_hook, release = threading.Event(), threading.Event()
 
     class Slow(Handler):
-        def data(self, message: bytes) -> Accept:
+        def data(self, message: Message) -> Accept:
             in_hook.set()
             assert release.wait(WAIT)
             return Accept()
@@ -379,7 +379,7 @@ def test_a_transport_bug_costs_one_connection_only(
     class Broken(Handler):
         """LMTP without a decision for the recipient: the engine raises LocalProtocolError."""
 
-        def data(self, message: bytes) -> dict[str, Accept]:
+        def data(self, message: Message) -> dict[str, Accept]:
             return {}
 
     config = Config(lmtp=True)
@@ -406,7 +406,7 @@ def test_shutdown_ends_idle_sessions_and_lets_transactions_finish(transport: Tra
     in_hook, release = threading.Event(), threading.Event()
 
     class Slow(Handler):
-        def data(self, message: bytes) -> Accept:
+        def data(self, message: Message) -> Accept:
             in_hook.set()
             assert release.wait(WAIT)
             return Accept()
@@ -448,7 +448,7 @@ def test_grace_period_cuts_off_a_stuck_hook_and_a_slow_sender(transport: Transpo
     closed: list[str | None] = []
 
     class Stuck(Handler):
-        def data(self, message: bytes) -> Accept:
+        def data(self, message: Message) -> Accept:
             in_hook.set()
             release.wait(WAIT)
             return Accept()

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from support import Peer
 
 from smtp_core import Config
-from smtpkit.handlers import Accept, Handler
+from smtpkit.handlers import Accept, Handler, Message
 from smtpkit.handlers._trace import format_received, log_escape
 from smtpkit.transports import running_server
 
@@ -161,8 +161,8 @@ class Keep(Handler):
     blocking = False
     messages: list[bytes] = []
 
-    def data(self, message: bytes) -> Accept:
-        self.messages.append(message)
+    def data(self, message: Message) -> Accept:
+        self.messages.append(bytes(message))
         return Accept()
 
 
