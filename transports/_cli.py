@@ -31,7 +31,7 @@ from ._command import ServeCommand
 from ._configfile import read_config
 from ._flags import PROG, ArgumentParser, add_serve_arguments
 from ._listen import Address
-from ._logging import LogChannel, log_to_stderr
+from ._logging import LogChannel, LogFormat, log_to_stderr
 from ._options import App
 from ._processes import run_processes
 from ._server import Server
@@ -140,18 +140,18 @@ def check_config(path: str) -> int:
 # --------------------------------------------------------------------------------- running
 
 
-def configure_logging(level: str) -> LogChannel:
+def configure_logging(level: str, log_format: LogFormat = LogFormat.TEXT) -> LogChannel:
     """Log to stderr, one line per record, through a bounded queue (`log_to_stderr`), so that
     a full or slow stderr never stalls serving. Replaces the root logger's handlers."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    return log_to_stderr(level, logger=root)
+    return log_to_stderr(level, log_format.formatter(), logger=root)
 
 
 def run_serve_logging(command: ServeCommand) -> int:
     """`run_serve()` with its log on stderr, flushed before any error line is printed."""
-    channel = configure_logging(command.log_level)
+    channel = configure_logging(command.log_level, command.log_format)
     try:
         return run_serve(command)
     finally:

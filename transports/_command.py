@@ -8,6 +8,7 @@ from typing import final
 
 from smtpkit.handlers import HandlerFactory
 
+from ._logging import LogFormat
 from ._options import ServerOptions
 
 __all__ = ["ServeCommand"]
@@ -28,6 +29,7 @@ class ServeCommand:
     #: Server processes sharing the listeners (SO_REUSEPORT).
     processes: int = 1
     log_level: str = "INFO"
+    log_format: LogFormat = LogFormat.TEXT
     #: The handler as given to --handler (or [deliver] type), for messages and the log.
     handler: str = "maildir"
     #: The Maildir folder to prepare before serving (the maildir handler), absolute.

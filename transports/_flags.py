@@ -30,6 +30,7 @@ from smtpkit.handlers import Handler, MaildirHandler, PrintHandler, RelayHandler
 from ._clierror import CLIError
 from ._command import ServeCommand
 from ._listen import Address, parse_address
+from ._logging import LogFormat
 from ._options import ServerOptions
 from ._server import TRANSPORTS
 
@@ -157,6 +158,21 @@ def _choice(*choices: str, fold: bool = False) -> Kind:
         return value
 
     return Kind(parse, (str,), "|".join(choices))
+
+
+def _enum(cls: type[enum.Enum]) -> Kind:
+    """A member of `cls`, named by its value."""
+    values = tuple(str(member.value) for member in cls)
+
+    def parse(text: str) -> enum.Enum:
+        try:
+            return cls(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"invalid choice: {text!r} (choose from {', '.join(values)})"
+            ) from None
+
+    return Kind(parse, (str,), "|".join(values), show=lambda member: str(member.value))
 
 
 def format_address(address: Address) -> str:
@@ -602,6 +618,13 @@ def _flags() -> tuple[Flag, ...]:
             _choice(*LOG_LEVELS, fold=True),
             Group.LOGGING,
             "log to stderr from this level on (any case)",
+            Target.COMMAND,
+        ),
+        Flag(
+            "--log-format",
+            _enum(LogFormat),
+            Group.LOGGING,
+            "one line of text per record, or one JSON object per line",
             Target.COMMAND,
         ),
     )

@@ -9,19 +9,51 @@ next line it writes, and when the channel closes.
 
 from __future__ import annotations
 
+import enum
+import json
 import logging
 import queue
 import sys
 import threading
 from typing import Final, TextIO, final
 
-__all__ = ["QUEUE_SIZE", "LogChannel", "log_to_stderr"]
+__all__ = ["QUEUE_SIZE", "JsonFormatter", "LogChannel", "LogFormat", "log_to_stderr"]
 
 #: Records waiting for the writer before new ones are dropped.
 QUEUE_SIZE: Final = 10_000
 #: How long `close()` waits for the writer to flush the queue.
 CLOSE_WAIT: Final = 1.0
 _TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@final
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (`time`, `level`, `logger`, `message`, and `traceback` when
+    there is one), for log collectors. Client values are already escaped in the message; JSON
+    quoting keeps any line break inside the string."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+class LogFormat(enum.Enum):
+    """`--log-format`: how each log line is written."""
+
+    TEXT = "text"
+    JSON = "json"
+
+    def formatter(self) -> logging.Formatter:
+        if self is LogFormat.JSON:
+            return JsonFormatter()
+        return logging.Formatter(_TEXT_FORMAT)
 
 
 @final
@@ -72,7 +104,7 @@ class LogChannel:
     def attach(self, logger: logging.Logger, formatter: logging.Formatter | None = None) -> None:
         """Feed `logger`'s records to this channel (until `close()`)."""
         handler = _DroppingHandler(self)
-        handler.setFormatter(formatter or logging.Formatter(_TEXT_FORMAT))
+        handler.setFormatter(formatter or LogFormat.TEXT.formatter())
         logger.addHandler(handler)
         self._attached.append((logger, handler))
 

@@ -114,7 +114,6 @@ def test_sigkill_after_the_250_never_loses_or_tears_a_message(
     acknowledged: list[int] = []
     for n in range(ROUNDS):
         proc, port = start_server(maildir, tmp_path / f"server{n}.log", transport)
-        assert spool_folders(tmp_path) == [f"instance-{proc.pid}"], "a dead server's spool is left"
         try:
             final = send_and_kill(port, proc, message(n), wait=n % 4 != 3)
         finally:
@@ -124,6 +123,8 @@ def test_sigkill_after_the_250_never_loses_or_tears_a_message(
         if final:
             assert final.startswith(b"250 "), final
             acknowledged.append(n)
+        # Only this server's spool folder is left: it removed the one of the server before.
+        assert spool_folders(tmp_path) == [f"instance-{proc.pid}"], "a dead server's spool left"
 
         # After every crash: each file in new/ is one whole message.
         stored: dict[int, bytes] = {}
@@ -139,7 +140,9 @@ def test_sigkill_after_the_250_never_loses_or_tears_a_message(
         assert not missing, f"acknowledged but lost: {missing}"
     assert len(acknowledged) >= ROUNDS * 3 // 4
     # The last restart cleans up after the last crash; a clean stop leaves nothing at all.
-    proc, _ = start_server(maildir, tmp_path / "last.log", transport)
+    proc, port = start_server(maildir, tmp_path / "last.log", transport)
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        assert sock.makefile("rb").readline().startswith(b"220")  # serving: the spool is set up
     assert spool_folders(tmp_path) == [f"instance-{proc.pid}"]
     proc.terminate()
     assert proc.wait(30) == 0
