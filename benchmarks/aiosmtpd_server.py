@@ -58,7 +58,7 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     handler = make_handler(args)
     server = await loop.create_server(
-        lambda: SMTP(handler, hostname=HOSTNAME, loop=loop),
+        lambda: SMTP(handler, hostname=HOSTNAME, loop=loop, data_size_limit=args.data_size_limit),
         host=HOST,
         port=args.port,
         backlog=args.backlog,
@@ -77,6 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sleep-ms", type=float, default=0, help="block this long in DATA")
     parser.add_argument("--workers", type=int, default=32, help="threads for the blocking hook")
     parser.add_argument("--backlog", type=int, default=1024, help="listen backlog")
+    parser.add_argument(
+        "--data-size-limit", type=int, default=33554432, help="largest message (aiosmtpd's own)"
+    )
     parser.add_argument("--max-open-files", type=int, default=20_000, help="RLIMIT_NOFILE")
     return parser.parse_args(argv)
 

@@ -89,6 +89,9 @@ class Policy:
     #: The stages at which this policy always answers (never None): whatever comes after it
     #: in such a stage could never be reached.
     answers_every: ClassVar[frozenset[str]] = frozenset()
+    #: This policy's `edit` signs the message (DKIM): it runs after every other edit, so that
+    #: the signature covers the headers they add.
+    signs: ClassVar[bool] = False
 
     def welcome(self, ctx: Context, client_ip: str) -> PolicyResult | Awaitable[PolicyResult]:
         return None
@@ -247,6 +250,7 @@ class Pipeline:
         for name in STAGES:
             checking = [p for p in policies if p.mode(name) is not Mode.DEFAULT]
             editing = [p for p in policies if name == "data" and p.mode(EDIT) is not Mode.DEFAULT]
+            editing.sort(key=lambda p: p.signs)  # stable: signing last, the rest in order
             parts = [(type(p).__name__, p.mode(name)) for p in checking]
             parts += [(type(p).__name__, p.mode(EDIT)) for p in editing]
             parts.append((cls.__name__, deliverer_modes[name]))

@@ -25,6 +25,11 @@ class Session:
         self.tls_version = tls_version
 
     @property
+    def hostname(self) -> str:
+        """Our own name, as the greeting gives it (`--hostname`)."""
+        return self._conn.config.hostname
+
+    @property
     def peer(self) -> tuple[str, int] | None:
         return self._conn.peer
 

@@ -109,7 +109,7 @@ class DataReader:
             self._ended = False
             return _FAILURE_REPLIES[_GRAVITY[self._failure]]
         while True:
-            end = buf.data_end(self._at_start)
+            end = buf.data_end(self._at_start, CHUNK_SIZE)
             if end == 0:
                 buf.skip(3)  # ".\r\n"
                 if self._failure < 0:
@@ -126,13 +126,13 @@ class DataReader:
             else:
                 raw = buf.take(window - 1)  # the last octet may be a CR whose LF is coming
                 at_start = False
-            piece = self._piece(raw, at_start)
+            piece = self._piece(raw, at_start, buf.dot_lines)
             if piece:
                 return piece
 
-    def _piece(self, raw: bytes, at_start: bool) -> bytes:
+    def _piece(self, raw: bytes, at_start: bool, dot_lines: bool) -> bytes:
         """Check `raw` and undo its dot-stuffing (b"" once the text failed); `at_start`: the
-        text after it starts a line."""
+        text after it starts a line; `dot_lines`: a line of the text may begin with a dot."""
         config = self._config
         self._at_start = at_start
         self._raw += len(raw)
@@ -159,7 +159,7 @@ class DataReader:
                 return b""
             raw = _normalized(raw)
         # Undo dot-stuffing: a leading dot on any line is removed (RFC 5321 4.5.2).
-        content = raw.replace(b"\r\n.", b"\r\n")
+        content = raw.replace(b"\r\n.", b"\r\n") if dot_lines or bare else raw
         # After a bare CR or LF made a line end, a dot is stuffing too.
         self._dot_start = at_start or (bare and content.endswith(b"\n"))
         self.size += len(content)

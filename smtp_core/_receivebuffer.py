@@ -88,6 +88,12 @@ class ReceiveBuffer:
         self._dot_lines = False
         self._scan = self._pos
 
+    @property
+    def dot_lines(self) -> bool:
+        """Whether a line of the text that `data_end()` scanned begins with a dot (after the
+        first line, which the caller checks): only then is there dot-stuffing to undo."""
+        return self._dot_lines
+
     def rfind_crlf(self, within: int) -> int:
         """Where the last CRLF in the next `within` unconsumed bytes begins, relative to the
         read offset; -1 if there is none."""
@@ -95,22 +101,25 @@ class ReceiveBuffer:
         found = self._data.rfind(b"\r\n", pos, pos + within)
         return found - pos if found >= 0 else -1
 
-    def data_end(self, at_start: bool) -> int:
+    def data_end(self, at_start: bool, within: int) -> int:
         """The index just past the message text up to and including the CRLF before the final
-        dot, relative to the read offset, or -1. `at_start`: the text began right here, so the
-        DATA line's own CRLF counts as the one before the dot.
+        dot, relative to the read offset, if that is at most about `within` octets on; else -1.
+        `at_start`: the text began right here, so the DATA line's own CRLF counts as the one
+        before the dot.
 
         Until a dot-stuffed line turns up, the scan looks for CRLF "." (which both begin), so
-        that one pass finds the end and tells whether unstuffing is needed at all."""
+        that one pass finds the end and tells whether unstuffing is needed at all. Only the
+        next `within` octets are scanned: the caller takes them before asking again."""
         data = self._data
         pos = self._pos
         if at_start and data.startswith(b".\r\n", pos):
             return 0
         start = max(self._scan - 4, pos)
+        stop = min(len(data), pos + within + 3)
         while not self._dot_lines:
-            found = data.find(b"\r\n.", start)
+            found = data.find(b"\r\n.", start, stop)
             if found < 0:
-                self._scan = len(data)
+                self._scan = stop
                 return -1
             if len(data) < found + 5:  # too short to tell a dot line from the end: wait
                 self._scan = found
@@ -119,9 +128,9 @@ class ReceiveBuffer:
                 return found + 2 - pos
             self._dot_lines = True
             start = found + 3
-        found = data.find(_DATA_END, start)
+        found = data.find(_DATA_END, start, stop + 2)
         if found < 0:
-            self._scan = len(data)
+            self._scan = stop
             return -1
         return found + 2 - pos
 

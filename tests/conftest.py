@@ -1,12 +1,16 @@
 """Fixtures shared by every test folder: the transport under test (which accounts for what
-its servers held), smtpkit processes, a TLS certificate, and a DNS stub for the DNSBL checks.
+its servers held), smtpkit processes, a TLS certificate, a DNS stub for the DNSBL checks, and
+a real redis-server for the shared store.
 What test files import (WAIT, the raw client, ...) is in support.py."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import os
+import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -21,7 +25,18 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 import trustme
-from support import ROOT, TRANSPORT_IDS, Process, Tls, Transport, check_released, open_sockets
+from support import (
+    ROOT,
+    TRANSPORT_IDS,
+    WAIT,
+    Process,
+    Tls,
+    Transport,
+    check_released,
+    open_sockets,
+    terminate,
+    wait_until,
+)
 
 
 @pytest.fixture(params=list(TRANSPORT_IDS))
@@ -88,10 +103,14 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
 
 class DnsStub:
     """A UDP DNS server on 127.0.0.1 that answers A queries for `listed` names with
-    127.0.0.2, NXDOMAIN for every other name, and nothing at all while `silent`."""
+    127.0.0.2, the `records` it is given (`records[("example.org", "TXT")] = ["v=spf1 -all"]`:
+    SPF, DKIM keys, DMARC), SERVFAIL for names in `failing`, NXDOMAIN for every other name,
+    and nothing at all while `silent`."""
 
     def __init__(self) -> None:
         self.listed: set[str] = set()
+        self.records: dict[tuple[str, str], list[str]] = {}
+        self.failing: set[str] = set()
         self.queries: list[str] = []
         self.silent = False
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -114,10 +133,20 @@ class DnsStub:
                 if self.silent:
                     continue
                 response = dns.message.make_response(query)
-                if name in self.listed and question.rdtype == dns.rdatatype.A:
+                rdtype = dns.rdatatype.to_text(question.rdtype)
+                given = self.records.get((name, rdtype))
+                if name in self.failing:
+                    response.set_rcode(dns.rcode.SERVFAIL)
+                elif given is not None:
+                    response.answer.append(
+                        dns.rrset.from_text_list(question.name, 60, "IN", rdtype, given)
+                    )
+                elif name in self.listed and question.rdtype == dns.rdatatype.A:
                     response.answer.append(
                         dns.rrset.from_text(question.name, 60, "IN", "A", "127.0.0.2")
                     )
+                elif any(known == name for known, _ in self.records):
+                    pass  # the name exists, without records of this type: NOERROR, no answer
                 else:
                     response.set_rcode(dns.rcode.NXDOMAIN)
                 self.sock.sendto(response.to_wire(), peer)
@@ -133,3 +162,56 @@ def dns_stub() -> Iterator[DnsStub]:
         yield stub
     finally:
         stub.close()
+
+
+def _die_with_parent() -> None:
+    """In a child before exec: SIGTERM when pytest dies, even by SIGKILL (Linux prctl)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _redis_answers(port: int, proc: subprocess.Popen[bytes]) -> bool:
+    """Wait until the redis-server on `port` answers PING (True) or exits (False)."""
+
+    def answers() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    return wait_until(lambda: answers() or proc.poll() is not None, WAIT) and answers()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Debian's redis-server on a free port of 127.0.0.1, its folder in a temp dir and no
+    persistence, for the whole session: its URL. Missing, the test fails (scripts/setup-test
+    installs it); no daemon outlives the session. Tests keep apart by their key prefix."""
+    binary = shutil.which("redis-server") or next(
+        (p for p in ("/usr/bin/redis-server", "/usr/sbin/redis-server") if os.access(p, os.X_OK)),
+        None,
+    )
+    if binary is None:
+        pytest.fail("redis-server is not installed: run scripts/setup-test", pytrace=False)
+    folder = tmp_path_factory.mktemp("redis")
+    for _ in range(3):  # another process may take the free port first
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        with open(folder / "redis.log", "ab") as log:
+            proc = subprocess.Popen(
+                [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder),
+                 "--save", "", "--appendonly", "no", "--daemonize", "no"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )  # fmt: skip
+        if _redis_answers(port, proc):
+            break
+        terminate(proc)
+    else:
+        pytest.fail(f"redis-server did not start: {(folder / 'redis.log').read_text()}")
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        terminate(proc)

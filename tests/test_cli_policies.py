@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from smtpkit.handlers import Pipeline, RelayHandler, SinkHandler
-from smtpkit.handlers.policies import CidrBlocklist, PasswordAuth, RecipientTable, RelayControl
+from smtpkit.handlers.policies import (
+    POLICY_TYPES,
+    CidrBlocklist,
+    PasswordAuth,
+    RecipientTable,
+    RelayControl,
+)
 from smtpkit.transports._cli import CLIError, check_config, parse_serve
 
 RELAY = ["--handler", "relay", "--relay", "127.0.0.1:2525"]
@@ -138,7 +144,7 @@ def test_check_config_names_file_line_and_key_of_a_policy(
         file = "/nonexistent/users"
 
         [[policy]]
-        type = "greylist"
+        type = "greylisting"
         """,
     )
     assert check_config(config) == 1
@@ -146,9 +152,8 @@ def test_check_config_names_file_line_and_key_of_a_policy(
         f"{config}:1: dns_servers: 'resolver.example' is not ADDRESS or ADDRESS:PORT",
         f'{config}:7: policy[2].zones: missing: the DNS zones to ask, e.g. ["zen.spamhaus.org"]',
         f"{config}:13: policy[3].file: cannot read /nonexistent/users: No such file or directory",
-        f"{config}:16: policy[4].type: 'greylist' is not a policy type: one of cidr-blocklist, "
-        "cidr-allowlist, dnsbl, rhsbl, require-tls, require-auth, password-auth, relay-control, "
-        "sender-domains, recipient-domains, recipient-table",
+        f"{config}:16: policy[4].type: 'greylisting' is not a policy type: one of "
+        + ", ".join(POLICY_TYPES),
     ]
 
 

@@ -330,7 +330,6 @@ class AnyioRunner(Runner):
         self.sessions: set[_Session] = set()
         self.pool = WorkerPool(app.options.workers)
         self._all_done: anyio.Event | None = None
-        self._watchdog_scope: anyio.CancelScope | None = None
 
     @classmethod
     def check(cls, app: App) -> None:
@@ -377,7 +376,6 @@ class AnyioRunner(Runner):
         ready: Callable[[], None],
     ) -> None:
         self._all_done = anyio.Event()
-        self._watchdog_scope = watchdog = anyio.CancelScope()
         async with anyio.create_task_group() as sessions:
             sessions.start_soon(self._watchdog)
             try:
@@ -393,7 +391,8 @@ class AnyioRunner(Runner):
                 for sock in (*listeners, *tls_listeners):
                     sock.close()  # stop accepting: new clients are refused by the kernel
             await self._shutdown()
-            watchdog.cancel()
+            # Stopped: the watchdog, and whatever the cut-off wait did not see end, go.
+            sessions.cancel_scope.cancel()
         log.info("stopped")
 
     async def _wait_for_stop(self) -> None:
@@ -428,16 +427,14 @@ class AnyioRunner(Runner):
         """Interrupt the sessions whose peer is past its deadline (see the module docstring)."""
         resolution = _resolution(self.app.options)
         sessions = self.sessions
-        assert self._watchdog_scope is not None
-        with self._watchdog_scope:
-            while True:
-                await anyio.sleep(resolution)
-                now = time.monotonic()
-                for session in sessions:  # no await in this loop: the set cannot change
-                    pump = session.pump
-                    if session.waiting and pump is not None and pump.deadline().at <= now:
-                        reason = _WRITE_TIMEOUT if session.waiting == _WRITING else _TIMEOUT
-                        session.interrupt(reason)
+        while True:
+            await anyio.sleep(resolution)
+            now = time.monotonic()
+            for session in sessions:  # no await in this loop: the set cannot change
+                pump = session.pump
+                if session.waiting and pump is not None and pump.deadline().at <= now:
+                    reason = _WRITE_TIMEOUT if session.waiting == _WRITING else _TIMEOUT
+                    session.interrupt(reason)
 
     async def _shutdown(self) -> None:
         self.stopping = True
@@ -448,13 +445,18 @@ class AnyioRunner(Runner):
             if session.waiting == _READING and pump is not None and pump.idle:
                 session.interrupt(_SHUTDOWN)
         # The others say 421 when they next become idle, or are cut off after the grace period.
-        assert self._all_done is not None
-        if self.sessions:
+        # Ask the lifecycle until it says STOPPED: a timer may wake us a little before the
+        # phase ends (uvloop's clock ticks in cached milliseconds), and then it is not over.
+        all_done = self._all_done
+        assert all_done is not None
+        cut = False
+        while (phase := lifecycle.advance(len(self.sessions))) is not Phase.STOPPED:
+            if phase is Phase.CUTTING_OFF and not cut:
+                cut = True
+                for session in self.sessions:  # each has CUTOFF_WAIT for its 421, close hook
+                    session.scope.cancel()
             with anyio.move_on_after(max(lifecycle.phase_ends - time.monotonic(), 0.0)):
-                await self._all_done.wait()
-        if lifecycle.advance(len(self.sessions)) is Phase.CUTTING_OFF:
-            for session in self.sessions:  # each gets CUTOFF_WAIT for its 421 and close hook
-                session.scope.cancel()
+                await all_done.wait()
 
     async def _connection(self, conn: socket.socket, addr: Any, implicit_tls: bool) -> None:
         """The connection task: admission, the session, and cleanup whatever happens."""

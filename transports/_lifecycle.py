@@ -6,14 +6,18 @@ decisions onto their I/O (a timer, a sweep, a cancel scope). The anchor is Postf
 - **Per-record deadlines** (`smtpd_per_record_deadline`): a command line must be complete
   within `timeout` of its first byte, so trickling bytes never extends it. While nothing is
   pending, the session may idle for `timeout` from the moment it began to wait.
-- **Message content** (`smtpd_min_data_rate`): from the start of the content (`t0`), with `B`
-  bytes of it received so far, the content deadline is
+- **Message content** (`smtpd_min_data_rate`): from the start of the content (`t0`: the
+  end of data's wait began, after 354 or a BDAT command), with `B` bytes of it received so
+  far and `M` the engine's `Config.max_message_size`, the content deadline is
 
-      t0 + data_timeout + B / min_data_rate
+      t0 + data_timeout + min(B, M) / min_data_rate
 
   and no pause between two reads may last longer than `timeout`. A client above the minimum
-  rate is never cut off, however large the message; one below it is, once its head start of
-  `data_timeout` is spent. `min_data_rate = 0` makes `data_timeout` a cap on the whole message.
+  rate is never cut off, however large a message it may send; one below it is, once its head
+  start of `data_timeout` is spent. Bytes past `M` earn no more time: the engine counts and
+  discards them (552 follows), so a fast content that never ends is cut off at
+  `t0 + data_timeout + M / min_data_rate` at the latest. (`M` is never unlimited: the engine
+  requires at least 1.) `min_data_rate = 0` makes `data_timeout` a cap on the whole message.
 - **Output**: a client that stops reading our replies is cut off `timeout` after our output
   first backed up, whether or not it reads a byte now and then.
 - **Hooks**: `hook_timeout` from the hook's start; then the client gets 451 4.3.0 (421 from
@@ -21,10 +25,16 @@ decisions onto their I/O (a timer, a sweep, a cancel scope). The anchor is Postf
 - **Stress** (Postfix's `${stress?{10}:{300}}`): while more than 80% of the connection slots
   are in use, every deadline that the peer controls (command, content, output, TLS handshake)
   is at most `stress_timeout` from its reference point, the running ones included: deadlines
-  are computed when asked, so a runner re-evaluates them when `stress_epoch` changes. Hook
-  deadlines do not shrink: a hook is our own code, not the attacker's.
+  are computed when asked, so a runner re-evaluates them when `stress_epoch` changes. A
+  deadline that stress cut stays cut when stress ends (its wait began before stress ended):
+  otherwise the first attackers to be cut off would end stress and hand the rest their long
+  deadlines back. Hook deadlines do not shrink: a hook is our own code, not the attacker's,
+  its run time is bounded by `hook_timeout` and the pool, and cutting it would answer 451 to
+  honest clients whose hook waits on a slow DNS or relay hop just when the server is busiest.
 - **Shutdown**: stop accepting, 421 4.3.2 to idle sessions, transactions finish within
   `grace_period`, then everything left is cut off and gets `CUTOFF_WAIT` to run its close hook.
+  A runner asks `advance()` after every wake-up until it says STOPPED: its timers may fire a
+  little before the lifecycle's clock says a phase is over (uvloop's clock is cached in ms).
 """
 
 from __future__ import annotations
@@ -137,6 +147,8 @@ class Lifecycle:
         self._stress_at = math.floor(options.max_connections * STRESS_SHARE) + 1
         #: True while more than 80% of the slots are in use.
         self.stress = False
+        #: When stress last ended (on `clock`): a wait that began before keeps its cut.
+        self.stress_ended = -NEVER
         #: Bumped each time stress begins: a runner that sees it change re-evaluates the
         #: deadlines already running (they only ever shrink then).
         self.stress_epoch = 0
@@ -182,13 +194,15 @@ class Lifecycle:
                     self.options.stress_timeout,
                 )
             else:
+                self.stress_ended = self.clock()
                 log.info("stress over: %d connection slots in use", self.limits.active)
 
     # ------------------------------------------------------------------ timeouts now
 
-    def peer_timeout(self, seconds: float) -> float:
-        """`seconds`, or `stress_timeout` under stress if that is shorter."""
-        if self.stress:
+    def peer_timeout(self, seconds: float, since: float = NEVER) -> float:
+        """`seconds`, or `stress_timeout` if that is shorter and the server is under stress,
+        or was at any time after `since` (the start of the wait this timeout bounds)."""
+        if self.stress or self.stress_ended > since:
             return min(seconds, self.options.stress_timeout)
         return seconds
 
@@ -315,30 +329,34 @@ class SessionClock:
 
     def deadline(self) -> Deadline:
         """The deadline of what the session waits for now."""
-        lc = self._lifecycle
-        o = lc.options
-        timeout = lc.peer_timeout(o.timeout)
-        if self._hook_start is not None:
+        o = self._lifecycle.options
+        if self._hook_start is not None:  # never cut by stress (see the module docstring)
             found = Deadline(self._hook_start + o.hook_timeout, Expiry.HOOK)
         elif self._handshake_start is not None:
-            at = self._handshake_start + lc.peer_timeout(o.tls_handshake_timeout)
+            at = self._until(self._handshake_start, o.tls_handshake_timeout)
             found = Deadline(at, Expiry.HANDSHAKE)
         else:
-            found = Deadline(self._read_deadline(timeout), Expiry.TIMEOUT)
-        if self._write_blocked is not None and self._write_blocked + timeout < found.at:
-            found = Deadline(self._write_blocked + timeout, Expiry.UNREAD)
+            found = Deadline(self._read_deadline(), Expiry.TIMEOUT)
+        if self._write_blocked is not None:
+            unread = self._until(self._write_blocked, o.timeout)
+            if unread < found.at:
+                found = Deadline(unread, Expiry.UNREAD)
         return found
 
-    def _read_deadline(self, timeout: float) -> float:
+    def _until(self, since: float, seconds: float) -> float:
+        """The end of a peer's wait that began at `since` and may last `seconds`."""
+        return since + self._lifecycle.peer_timeout(seconds, since)
+
+    def _read_deadline(self) -> float:
         o = self._lifecycle.options
         if self._content_start is not None:
-            allowance = self._lifecycle.peer_timeout(o.data_timeout)
-            at = self._content_start + allowance
+            at = self._until(self._content_start, o.data_timeout)
             if o.min_data_rate:
-                at += self._content_bytes / o.min_data_rate
-            return min(at, self._last_read + timeout)
+                earning = min(self._content_bytes, o.config.max_message_size)
+                at += earning / o.min_data_rate
+            return min(at, self._until(self._last_read, o.timeout))
         if self._record_start is not None:
-            return self._record_start + timeout
+            return self._until(self._record_start, o.timeout)
         if self._idle_since is not None:
-            return self._idle_since + timeout
+            return self._until(self._idle_since, o.timeout)
         return NEVER

@@ -40,8 +40,8 @@ class ServerOptions:
     #: RFC 5321 asks for 5 minutes. Trickling bytes never extends it.
     timeout: float = 300.0
     #: Message content has this many seconds, plus one second per `min_data_rate` bytes
-    #: received (so a large message above the rate is never cut off); no pause in it may last
-    #: longer than `timeout`.
+    #: received up to `config.max_message_size` (so a large message above the rate is never
+    #: cut off, and content past the limit buys no time); no pause may last over `timeout`.
     data_timeout: float = 600.0
     #: Message content must arrive at least this fast (bytes/s), on top of `data_timeout`,
     #: as Postfix's smtpd_min_data_rate. 0 makes `data_timeout` a cap on the whole message.

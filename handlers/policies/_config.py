@@ -11,10 +11,19 @@ from typing import Any, Final, final
 
 from .._pipeline import Policy
 from ._access import RelayControl, RequireAuth, RequireTls
+from ._authres import DEFAULT_MAX_SCAN_SIZE, Action
+from ._dkim import ARC_ACTIONS, DKIM_ACTIONS, Arc, Dkim
+from ._dkimsign import DkimSign
+from ._dmarc import DMARC_ACTIONS, Dmarc
 from ._dns import Dnsbl, Rhsbl, parse_dns_server
 from ._domains import RecipientDomains, RecipientTable, SenderDomains
+from ._greylist import Greylist
 from ._networks import CidrAllowlist, CidrBlocklist, Networks
 from ._passwords import PasswordAuth
+from ._ratelimit import Counted, Limits, RateLimit
+from ._rspamd import Rspamd
+from ._spf import SPF_ACTIONS, Spf
+from ._store import Store, open_store
 
 __all__ = ["POLICY_TYPES", "ConfigError", "build_policy", "dns_servers_problem"]
 
@@ -61,6 +70,31 @@ class _Table:
         if value is not None and value <= 0:
             raise ConfigError(key, "must be more than 0")
         return default if value is None else float(value)
+
+    def numbers(self, *keys: str) -> dict[str, float]:
+        """The keys given, as numbers above 0; the others keep the policy's defaults."""
+        return {key: value for key in keys if (value := self.number(key, 0.0))}
+
+    def counts(self, *keys: str) -> dict[str, int]:
+        """The keys given, as whole numbers from 0; the others keep the policy's defaults."""
+        found: dict[str, int] = {}
+        for key in keys:
+            value: int | None = self._get(key, (int,), "a whole number")
+            if value is not None and value < 0:
+                raise ConfigError(key, "must be 0 or more")
+            if value is not None:
+                found[key] = value
+        return found
+
+    def store(self) -> Store | None:
+        """The store named by `store` (sqlite:PATH, redis://...); None: the policy's default."""
+        spec = self.text("store")
+        if spec is None:
+            return None
+        try:
+            return open_store(spec)
+        except (ValueError, RuntimeError) as exc:
+            raise ConfigError("store", str(exc)) from None
 
     def strings(self, key: str) -> list[str]:
         value = self._get(key, (list,), "an array of strings")
@@ -126,7 +160,12 @@ def _rhsbl(t: _Table) -> Policy:
 
 
 def _password_auth(t: _Table) -> Policy:
-    policy: PasswordAuth | None = t.loaded("file", PasswordAuth.load)
+    limit: dict[str, Any] = {
+        **t.counts("max_failures"),
+        **t.numbers("failure_window", "cooldown"),
+        "store": t.store(),
+    }
+    policy: PasswordAuth | None = t.loaded("file", lambda p: PasswordAuth.load(p, **limit))
     if policy is None:
         raise ConfigError("file", "missing: the 'user:password' file")
     if not policy.passwords.users:
@@ -175,6 +214,106 @@ def _recipient_table(t: _Table) -> Policy:
     return RecipientTable(entries, delimiter=delimiter)
 
 
+def _greylist(t: _Table) -> Policy:
+    try:
+        exempt = Networks(t.strings("exempt"))
+    except ValueError as exc:
+        raise ConfigError("exempt", str(exc)) from None
+    options: dict[str, Any] = {
+        **t.numbers("delay", "retry_window", "max_age"),
+        **t.counts("auto_allow", "ipv4_prefix", "ipv6_prefix"),
+    }
+    return Greylist(exempt=exempt, store=t.store(), **options)
+
+
+def _limits(t: _Table, key: str) -> Limits | None:
+    table = t._get(key, (dict,), "a table: { connections = N, messages = N, recipients = N }")
+    if table is None:
+        return None
+    known = [counted.value for counted in Counted]
+    for name, value in table.items():
+        if name not in known:
+            raise ConfigError(key, f"{name!r} is not counted: one of {', '.join(known)}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(key, f"{name}: expected a whole number, 1 or more")
+    return Limits(**table)
+
+
+def _rate_limit(t: _Table) -> Policy:
+    return RateLimit(
+        ip=_limits(t, "ip"),
+        sender=_limits(t, "sender"),
+        user=_limits(t, "user"),
+        **t.numbers("window"),
+        store=t.store(),
+    )
+
+
+def _actions(t: _Table, defaults: Mapping[Any, Action]) -> dict[str, Any]:
+    """The `result = "action"` keys of an authentication policy's table."""
+    chosen: dict[str, Any] = {}
+    for key in defaults:
+        value = t.text(key.value)
+        if value is not None:
+            try:
+                Action.of(value)
+            except ValueError as exc:
+                raise ConfigError(key.value, str(exc)) from None
+            chosen[key.value] = value
+    return chosen
+
+
+def _dns(t: _Table) -> dict[str, Any]:
+    return {"dns_servers": t.dns_servers(), "timeout": t.number("timeout", 5.0)}
+
+
+def _scan_size(t: _Table) -> int:
+    return int(t.number("max_scan_size", DEFAULT_MAX_SCAN_SIZE))
+
+
+def _dkim_sign(t: _Table) -> Policy:
+    required = {key: t.text(key) for key in ("domain", "selector", "key_file")}
+    for key, value in required.items():
+        if value is None:
+            raise ConfigError(key, "missing")
+    try:
+        networks = Networks(t.strings("networks"))
+    except ValueError as exc:
+        raise ConfigError("networks", str(exc)) from None
+    authenticated = t.flag("authenticated", True)
+    key_file = str(required["key_file"])
+    try:
+        return DkimSign(
+            str(required["domain"]),
+            str(required["selector"]),
+            key_file,
+            networks=networks,
+            authenticated=authenticated,
+        )
+    except OSError as exc:
+        raise ConfigError("key_file", f"cannot read {key_file}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError("key_file", str(exc)) from None
+
+
+def _rspamd(t: _Table) -> Policy:
+    url = t.text("url")
+    if url is None:
+        raise ConfigError("url", 'missing: rspamd\'s normal worker, e.g. "http://127.0.0.1:11333"')
+    unavailable = t.text("unavailable") or "tempfail"
+    if unavailable not in ("tempfail", "accept"):
+        raise ConfigError("unavailable", f"{unavailable!r} is not tempfail or accept")
+    try:
+        return Rspamd(
+            url,
+            timeout=t.number("timeout", 30.0),
+            unavailable=unavailable,
+            max_scan_size=_scan_size(t),
+        )
+    except ValueError as exc:
+        raise ConfigError("url", str(exc)) from None
+
+
 #: type name -> how a table becomes the policy; the keys of each are in docs/handlers.md.
 POLICY_TYPES: Final[Mapping[str, Callable[[_Table], Policy]]] = {
     "cidr-blocklist": lambda t: CidrBlocklist(_networks(t)),
@@ -188,6 +327,14 @@ POLICY_TYPES: Final[Mapping[str, Callable[[_Table], Policy]]] = {
     "sender-domains": _domain_list(SenderDomains),
     "recipient-domains": _domain_list(RecipientDomains),
     "recipient-table": _recipient_table,
+    "spf": lambda t: Spf(**_dns(t), **_actions(t, SPF_ACTIONS)),
+    "dkim": lambda t: Dkim(**_dns(t), max_scan_size=_scan_size(t), **_actions(t, DKIM_ACTIONS)),
+    "arc": lambda t: Arc(**_dns(t), max_scan_size=_scan_size(t), **_actions(t, ARC_ACTIONS)),
+    "dmarc": lambda t: Dmarc(**_dns(t), max_scan_size=_scan_size(t), **_actions(t, DMARC_ACTIONS)),
+    "dkim-sign": _dkim_sign,
+    "rspamd": _rspamd,
+    "greylist": _greylist,
+    "rate-limit": _rate_limit,
 }
 
 

@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar, Final
+from typing import ClassVar, Final
 
 from smtp_core import Close, MailParams, Reject
 
 from .._pipeline import Context, Policy, PolicyResult
 from .._trace import log_escape
 from ._networks import IPAddress, ip_address
-
-if TYPE_CHECKING:
-    import dns.resolver
+from ._resolver import DnsTempError, parse_dns_server, require_dnspython, resolver
 
 __all__ = ["Dnsbl", "Rhsbl", "dnsbl_name", "parse_dns_server"]
 
@@ -31,9 +28,6 @@ log = logging.getLogger("smtpkit.policy")
 
 _DNSBL_ERRORS: Final = ipaddress.IPv4Network("127.255.255.0/24")
 _LISTED: Final = ipaddress.IPv4Network("127.0.0.0/8")
-#: The resolvers in use, one per (servers, timeout): each keeps its cache for every connection.
-_resolvers: dict[tuple[tuple[tuple[str, int], ...], float], dns.resolver.Resolver] = {}
-_resolvers_lock = threading.Lock()
 
 
 def dnsbl_name(ip: str | IPAddress, zone: str) -> str:
@@ -47,22 +41,6 @@ def dnsbl_name(ip: str | IPAddress, zone: str) -> str:
     return f"{reverse}.{zone.strip('.')}"
 
 
-def parse_dns_server(text: str) -> tuple[str, int]:
-    """ "ADDRESS", "ADDRESS:PORT" or "[V6]:PORT" as (address, port); ValueError if malformed."""
-    text = text.strip()
-    host, port = text, "53"
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest.removeprefix(":") or "53"
-    elif text.count(":") == 1:
-        host, _, port = text.partition(":")
-    ipaddress.ip_address(host)  # resolvers are given by address, never by name
-    number = int(port) if port.isdigit() else -1
-    if not 0 < number < 65536:
-        raise ValueError(f"bad port in {text!r}")
-    return host, number
-
-
 class _DnsList(Policy):
     """What Dnsbl and Rhsbl share: zones, resolvers, and the lookup."""
 
@@ -71,12 +49,7 @@ class _DnsList(Policy):
     def __init__(
         self, *zones: str, dns_servers: Sequence[str] | None = None, timeout: float = 5.0
     ) -> None:
-        try:
-            import dns.resolver  # noqa: F401  (fail now, not at the first client)
-        except ImportError:
-            raise RuntimeError(
-                f"{type(self).__name__} needs dnspython: pip install 'smtpkit[dns]'"
-            ) from None
+        require_dnspython(type(self).__name__)
         if not zones:
             raise ValueError(f"{type(self).__name__} needs at least one zone")
         if timeout <= 0:
@@ -87,20 +60,13 @@ class _DnsList(Policy):
 
     def listed(self, name: str, zone: str) -> bool:
         """True if `name` (already under `zone`) has a listing A record."""
-        import dns.exception
-        import dns.resolver
-
         try:
-            answer = _resolver(self.dns_servers, self.timeout).resolve(
-                name, "A", search=False, lifetime=self.timeout
-            )
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            return False
-        except dns.exception.DNSException as exc:
-            log.warning("%s: lookup of %s failed (%s); letting it in", zone, name, exc)
+            answer = resolver(self.dns_servers, self.timeout).addresses(name)
+        except DnsTempError as exc:
+            log.warning("%s: %s; letting it in", zone, exc)
             return False
         for record in answer:
-            address = ipaddress.IPv4Address(record.to_text())
+            address = ipaddress.IPv4Address(record)
             if address in _LISTED and address not in _DNSBL_ERRORS:
                 return True
         return False
@@ -144,23 +110,3 @@ class Rhsbl(_DnsList):
                     554, f"5.7.1 <{sender}>: Sender address rejected: domain listed by {zone}"
                 )
         return None
-
-
-def _resolver(servers: tuple[tuple[str, int], ...], timeout: float) -> dns.resolver.Resolver:
-    import dns.resolver
-
-    key = (servers, timeout)
-    with _resolvers_lock:
-        resolver = _resolvers.get(key)
-        if resolver is None:
-            if servers:
-                resolver = dns.resolver.Resolver(configure=False)
-                resolver.nameservers = [host for host, _ in servers]
-                resolver.nameserver_ports = dict(servers)
-            else:
-                resolver = dns.resolver.Resolver()
-            resolver.timeout = timeout
-            resolver.lifetime = timeout
-            resolver.cache = dns.resolver.LRUCache()
-            _resolvers[key] = resolver
-    return resolver

@@ -28,6 +28,8 @@ from smtp_core import Accept, Reject
 
 from .._pipeline import Context, Policy, PolicyResult
 from .._trace import log_escape
+from ._ratelimit import AuthLimit
+from ._store import Store
 
 __all__ = ["SCHEMES", "PasswordAuth", "PasswordFile", "hash_password", "verify_password"]
 
@@ -343,28 +345,64 @@ class PasswordAuth(Policy):
     next auth policy (None), and refused when there is none. Hashing is slow by design, so the
     check runs on the worker pool.
 
+    Guessing is limited by default (`AuthLimit`): at most `max_failures` failed logins per
+    client address in `failure_window` seconds, then `421 4.7.0` to its AUTH for `cooldown`
+    seconds. The count lives in `store` (a `MemoryStore` of this process when None: give a
+    SQLite or Redis store to share it between processes or instances); `max_failures=0`
+    turns the limit off.
+
     >>> PasswordAuth.load("/etc/smtpkit/users")
     """
 
     accepts: ClassVar[frozenset[str]] = frozenset({"auth"})
 
-    def __init__(self, passwords: PasswordFile | Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        passwords: PasswordFile | Mapping[str, str],
+        *,
+        max_failures: int = 10,
+        failure_window: float = 60.0,
+        cooldown: float = 300.0,
+        store: Store | str | None = None,
+    ) -> None:
         self.passwords = (
             passwords if isinstance(passwords, PasswordFile) else PasswordFile(passwords)
         )
+        self.limit = (
+            AuthLimit(max_failures, failure_window, cooldown, store=store) if max_failures else None
+        )
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> PasswordAuth:
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        max_failures: int = 10,
+        failure_window: float = 60.0,
+        cooldown: float = 300.0,
+        store: Store | str | None = None,
+    ) -> PasswordAuth:
         """From a password file; OSError if unreadable, ValueError (file:line) if malformed."""
-        return cls(PasswordFile.load(path))
+        return cls(
+            PasswordFile.load(path),
+            max_failures=max_failures,
+            failure_window=failure_window,
+            cooldown=cooldown,
+            store=store,
+        )
 
     def auth(self, ctx: Context, user: str, password: str) -> PolicyResult:
         ip = ctx.session.client_ip
+        limit = self.limit
+        if limit is not None and (refused := limit.check(ip)) is not None:
+            return refused
         if self.passwords.check(user, password):
             log.info("authenticated user=%s from %s", log_escape(user), ip)
             return Accept()
         log.warning("authentication failed user=%s from %s", log_escape(user), ip)
+        if limit is not None and (refused := limit.failed(ip)) is not None:
+            return refused
         return Reject() if user in self.passwords else None
 
     def __repr__(self) -> str:
-        return f"PasswordAuth({self.passwords!r})"
+        return f"PasswordAuth({self.passwords!r}, {self.limit!r})"

@@ -9,6 +9,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+)
 from support import WAIT
 
 from smtp_core import Config
@@ -344,6 +350,12 @@ def test_recipient_table(tmp_path: Path) -> None:
 def test_every_type_name_builds(tmp_path: Path) -> None:
     users = tmp_path / "users"
     users.write_text("alice:wonderland\n")
+    key = tmp_path / "dkim.private"
+    key.write_bytes(
+        rsa.generate_private_key(public_exponent=65537, key_size=1024).private_bytes(
+            Encoding.PEM, PrivateFormat.TraditionalOpenSSL, NoEncryption()
+        )
+    )
     tables: dict[str, dict[str, Any]] = {
         "cidr-blocklist": {"networks": ["192.0.2.0/24"]},
         "cidr-allowlist": {"networks": ["10.0.0.0/8"]},
@@ -356,6 +368,14 @@ def test_every_type_name_builds(tmp_path: Path) -> None:
         "sender-domains": {"deny": ["spam.example"]},
         "recipient-domains": {"allow": ["example.org"]},
         "recipient-table": {"addresses": ["alice@example.org"]},
+        "greylist": {"store": "memory:"},
+        "rate-limit": {"store": "memory:", "ip": {"connections": 10}},
+        "spf": {},
+        "dkim": {},
+        "arc": {},
+        "dmarc": {},
+        "dkim-sign": {"domain": "example.org", "selector": "s", "key_file": str(key)},
+        "rspamd": {"url": "http://127.0.0.1:11333"},
     }
     assert tables.keys() == POLICY_TYPES.keys()
     for kind, keys in tables.items():

@@ -150,24 +150,74 @@ def test_output_backing_up_is_cut_after_timeout_whatever_the_peer_reads() -> Non
 
 
 def test_stress_shrinks_running_deadlines_but_not_hooks() -> None:
-    lc, _ = lifecycle(max_connections=10, timeout=300, stress_timeout=10, hook_timeout=60)
+    lc, clock = lifecycle(max_connections=10, timeout=300, stress_timeout=10, hook_timeout=60)
     idle = session(lc)
     idle.waiting(content=False)
     hook = session(lc)
     hook.hook_started()
     assert idle.deadline().at == 1300.0
     epoch = lc.stress_epoch
+    clock.now = 1001.0
     slots = [lc.admit("127.0.0.1") for _ in range(8)]
     assert not lc.stress  # 8 of 10: not more than 80%
     slots.append(lc.admit("127.0.0.1"))
     assert lc.stress and lc.stress_epoch == epoch + 1
     assert idle.deadline().at == 1010.0  # the running deadline shrank
     assert hook.deadline().at == 1060.0
+    clock.now = 1002.0
     for slot in slots:
         assert isinstance(slot, Slot)
         lc.release(slot)
     assert not lc.stress
-    assert idle.deadline().at == 1300.0
+    # Stress is over, but the wait it cut keeps its cut: else the first attackers cut off
+    # would hand the others their long deadlines back. A wait that begins now is not cut.
+    assert idle.deadline().at == 1010.0
+    clock.now = 1003.0
+    later = session(lc)
+    later.waiting(content=False)
+    assert later.deadline().at == 1303.0
+
+
+def test_stress_that_came_and_went_still_cuts_the_waits_it_saw() -> None:
+    # Every peer deadline, not only the idle one: a line begun, content, unread output.
+    lc, clock = lifecycle(
+        max_connections=5, timeout=300, data_timeout=600, min_data_rate=0, stress_timeout=10
+    )
+    line, content, unread = session(lc), session(lc), session(lc)
+    line.received(b"NO", content=False)
+    content.waiting(content=True)
+    unread.received(b"NOOP\r\n", content=False)
+    unread.output_blocked()  # and it reads no reply
+    clock.now = 1001.0
+    slots = [lc.admit("127.0.0.1") for _ in range(5)]
+    assert lc.stress
+    clock.now = 1002.0
+    lc.release(slots[0])
+    assert not lc.stress
+    assert line.deadline().at == 1010.0
+    assert content.deadline().at == 1010.0
+    assert unread.deadline() == Deadline(1010.0, Expiry.UNREAD)
+
+
+def test_content_past_the_size_limit_earns_no_time() -> None:
+    # A fast DATA that never ends: past max_message_size the engine discards the bytes, and
+    # they buy nothing. The deadline stops at data_timeout + max_message_size / rate, however
+    # fast and long the content goes on.
+    size = 10_000
+    lc, clock = lifecycle(
+        timeout=300, data_timeout=60, min_data_rate=500, config=Config(max_message_size=size)
+    )
+    s = session(lc)
+    s.waiting(content=True)
+    cap = 1000 + 60 + size / 500
+    for second in range(1, 1000):
+        clock.now = 1000.0 + second
+        s.received(b"x" * 1000, content=True)  # twice the rate, whole lines or not
+        s.waiting(content=True)
+        assert s.deadline().at == min(1060 + min(second * 1000, size) / 500, cap)
+        if s.deadline().at <= clock.now:
+            break
+    assert clock.now == cap  # cut off then, not later
 
 
 # ---------------------------------------------------------------------- shutdown

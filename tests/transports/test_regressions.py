@@ -11,10 +11,20 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
-from support import WAIT, Peer, Tls, Transport, active_sessions, on_transports, wait_until
+from support import (
+    WAIT,
+    Peer,
+    Tls,
+    Transport,
+    active_sessions,
+    in_thread,
+    on_transports,
+    wait_until,
+)
 
 from smtpkit.handlers import Accept, Handler
 
@@ -219,6 +229,45 @@ def test_limit_refusals_on_tls_listeners_are_421_over_tls(transport: Transport, 
         with Peer(server.tls_addresses[0]) as refused:
             refused.sock = tls.client.wrap_socket(refused.sock, server_hostname="localhost")
             assert refused.reply().startswith(b"421 4.7.0")
+
+
+# ---------------------------------------------------------------------- shutdown
+
+
+def test_shutdown_ends_when_timers_wake_before_the_phase_does(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # uvloop's timers run on a cached millisecond clock: a wait for the end of the grace
+    # period may wake a little before the lifecycle says it is over. The anyio runner waited
+    # once, found the lifecycle still draining, never cut off the stuck hook, and stop()
+    # hung. A lifecycle clock 0.2 s behind the runner's makes every such wake-up early, on
+    # every loop.
+    entered, release = threading.Event(), threading.Event()
+
+    class Stuck(Handler):
+        def mail(self, sender: str, params: object) -> Accept:  # type: ignore[override]
+            entered.set()
+            release.wait()
+            return Accept()
+
+    server = transport.server(Stuck, grace_period=0.5)
+    monkeypatch.setattr(server.app.lifecycle, "clock", lambda: time.monotonic() - 0.2)
+    stopper: threading.Thread | None = None
+    server.start()
+    try:
+        with Peer(server.addresses[0]) as p:
+            p.hello()
+            p.send(b"MAIL FROM:<a@b.example>\r\n")
+            assert entered.wait(WAIT)
+            stopper = in_thread(server.stop)
+            stopper.join(WAIT)
+            assert not stopper.is_alive(), "stop() never cut off the stuck hook"
+            assert p.reply() == b"421 4.3.2 localhost Service shutting down\r\n"
+            assert p.closed()
+    finally:
+        release.set()
+        if stopper is None:
+            server.stop()
 
 
 # ---------------------------------------------------------------------- processes

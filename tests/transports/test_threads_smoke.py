@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from support import WAIT, Peer, Tls, Transport, active_sessions, on_transports, wait_until
 
-from smtp_core import Config
 from smtpkit.handlers import Accept, Handler, Message, SinkHandler
+from smtpkit.transports import Pump
 
 pytestmark = [pytest.mark.timeout(60), on_transports("threads")]
 
@@ -374,29 +374,47 @@ def test_pipelined_flood_is_bounded_by_backpressure(
 
 
 def test_a_transport_bug_costs_one_connection_only(
-    transport: Transport, caplog: pytest.LogCaptureFixture
+    transport: Transport, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    class Broken(Handler):
-        """LMTP without a decision for the recipient: the engine raises LocalProtocolError."""
-
-        def data(self, message: Message) -> dict[str, Accept]:
-            return {}
-
-    config = Config(lmtp=True)
-    with transport.serve(Broken, config=config) as server:
+    # A bug that raises in the I/O thread while it handles one connection (injected: that
+    # session's pump raises on the first bytes it is fed) ends that connection only: its slot
+    # is freed, a session in the middle of a transaction beside it goes on, and new clients
+    # are served. (Engine misuse by a handler no longer gets this far: an LMTP answer without
+    # a recipient's decision is answered 451 by the pump.)
+    with transport.serve(SinkHandler) as server:
         address = server.addresses[0]
-        with Peer(address) as p:
-            assert p.reply().startswith(b"220")
-            assert p.command(b"LHLO x").startswith(b"250")
-            assert p.command(b"MAIL FROM:<a@b.example>").startswith(b"250")
-            assert p.command(b"RCPT TO:<c@d.example>").startswith(b"250")
-            assert p.command(b"DATA").startswith(b"354")
-            assert p.command(b"hi\r\n.") == b""  # dropped
+        new_session = server.app.new_session
+        broken: list[Pump] = []
+
+        def new_session_with_a_bug(peer: Any, **kwargs: Any) -> Pump:
+            pump = new_session(peer, **kwargs)
+            if not broken:  # the first connection's session only
+                broken.append(pump)
+
+                def receive_data(data: bytes | bytearray) -> None:
+                    raise RuntimeError("injected transport bug")
+
+                monkeypatch.setattr(pump, "receive_data", receive_data)
+            return pump
+
+        monkeypatch.setattr(server.app, "new_session", new_session_with_a_bug)
+        with Peer(address) as victim, Peer(address) as bystander:
+            assert victim.reply().startswith(b"220")
+            bystander.hello()
+            bystander.start_data()
+            assert active_sessions(server) == 2
+            victim.send(b"EHLO x\r\n")
+            assert victim.closed()  # no reply: the connection is dropped
+            assert wait_until(lambda: active_sessions(server) == 1), "the slot was not freed"
+            bystander.send(b"Subject: x\r\n\r\nhi\r\n.\r\n")
+            assert bystander.reply().startswith(b"250")
+            assert bystander.command(b"QUIT").startswith(b"221")
         with Peer(address) as p:  # the I/O thread lives on
-            assert p.reply().startswith(b"220")
-            assert p.command(b"LHLO x").startswith(b"250")
-        assert active_sessions(server) <= 1
+            p.hello()
+            assert p.send_message().startswith(b"250")
+    assert len(broken) == 1
     assert "internal error in the threads transport" in caplog.text
+    assert "injected transport bug" in caplog.text
 
 
 # ---------------------------------------------------------------------- shutdown
