@@ -97,7 +97,7 @@ def _use_uvloop(wanted: bool) -> bool:
 
 def _resolution(options: ServerOptions) -> float:
     """How often the watchdog looks for sessions past their deadline."""
-    return min(1.0, options.timeout / 10, options.data_timeout / 10)
+    return min(1.0, options.timeout / 10, options.data_timeout / 10, options.stress_timeout / 10)
 
 
 @final

@@ -172,7 +172,13 @@ class ThreadsRunner(Runner):
         self._handshake_timeout = o.tls_handshake_timeout
         self._close_flush = min(_CLOSE_FLUSH, o.timeout)
         # Deadlines are checked at most this late; a sweep costs one pass over the connections.
-        self._slack = min(0.5, o.timeout / 20, o.data_timeout / 20, o.tls_handshake_timeout / 20)
+        self._slack = min(
+            0.5,
+            o.timeout / 20,
+            o.data_timeout / 20,
+            o.tls_handshake_timeout / 20,
+            o.stress_timeout / 20,
+        )
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)

@@ -117,7 +117,7 @@ class Resolver:
 
     def flush(self) -> None:
         """Forget every cached answer (after a zone changed)."""
-        self._resolver.cache.flush()  # type: ignore[union-attr]
+        self._resolver.cache.flush()
 
     def __repr__(self) -> str:
         where = ", ".join(f"{h}:{p}" for h, p in self.servers) or "system"
