@@ -55,7 +55,12 @@ def state_docs() -> dict[State, str]:
 def mermaid() -> list[str]:
     """The `stateDiagram-v2` block: one arrow per (state, new state) pair, labelled with every
     trigger that leads there."""
-    lines = ["```mermaid", "stateDiagram-v2", f"    [*] --> {State.CONNECT.name}"]
+    lines = [
+        "```mermaid",
+        "stateDiagram-v2",
+        f"    [*] --> {State.CONNECT.name}",
+        f"    [*] --> {State.PROXY.name} : Config.proxy_protocol",
+    ]
     for state, triggers in TRANSITIONS.items():
         targets: dict[State, list[str]] = {}
         for trigger, new_state in triggers.items():

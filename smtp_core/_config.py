@@ -60,9 +60,17 @@ class Config:
     auth_allow_plaintext: bool = False
     #: Commands that end the session at once: an HTTP client or proxy talking to port 25.
     forbidden_commands: frozenset[str] = frozenset({"CONNECT", "GET", "POST"})
+    #: The connection comes through a proxy that opens it with a PROXY protocol header (v1 or
+    #: v2): the engine reads it before anything is said, and the client it names becomes the
+    #: peer. Only for connections from a trusted proxy: the transport decides that.
+    proxy_protocol: bool = False
+    #: Networks (CIDR) whose clients may send XCLIENT, Postfix's smtpd_authorized_xclient_hosts;
+    #: empty: XCLIENT is unknown (500). Checked against the peer after any PROXY header.
+    xclient_trusted: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         from ._sasl import MECHANISMS
+        from ._xclient import parse_networks
 
         if not self.hostname or any(c.isspace() or ord(c) < 32 for c in self.hostname):
             raise ValueError(f"invalid hostname {self.hostname!r}")
@@ -83,6 +91,10 @@ class Config:
             raise ValueError("max_text_line must be 0 (no limit) or positive")
         if self.bare_line_endings not in ("reject", "normalize"):
             raise ValueError("bare_line_endings must be 'reject' or 'normalize'")
+        try:
+            parse_networks(self.xclient_trusted)
+        except (ValueError, TypeError):
+            raise ValueError(f"invalid xclient_trusted {self.xclient_trusted!r}") from None
         for mech in self.auth_mechanisms:
             if mech not in MECHANISMS:
                 raise ValueError(f"unknown SASL mechanism {mech!r}; known: {sorted(MECHANISMS)}")

@@ -150,6 +150,9 @@ class ServerConnection:
         #: chunks): MessageAborted goes out first, then `_held`, that command's event.
         self._aborted: AbortReason | None = None
         self._held: Event | None = None
+        #: The reply codes the last answer resolved to (one per recipient for an LMTP
+        #: message answered per recipient): what the transport's metrics count.
+        self.answered_codes: list[int] = []
 
     # ------------------------------------------------------------------ public state
 
@@ -713,6 +716,7 @@ class ServerConnection:
     # ------------------------------------------------------------------ answers
 
     def _answer(self, event: Event, answer: Answer) -> None:
+        self.answered_codes.clear()
         if self.config.lmtp and isinstance(event, EndOfMessage):
             self._answer_lmtp_message(event, answer)
         else:  # check_answer() allows a mapping for an LMTP message only
@@ -721,6 +725,11 @@ class ServerConnection:
     def _decide(self, answer: Decision | Reply, ok: Reply, no: Reply) -> tuple[Outcome, Reply]:
         """Resolve an answer against the event's standard replies: its outcome, and the reply
         to write."""
+        outcome, reply = self._resolve(answer, ok, no)
+        self.answered_codes.append(reply.code)
+        return outcome, reply
+
+    def _resolve(self, answer: Decision | Reply, ok: Reply, no: Reply) -> tuple[Outcome, Reply]:
         outcome = outcome_of(answer)
         if isinstance(answer, Reply):
             return outcome, answer

@@ -72,6 +72,8 @@ class CloseReason(enum.Enum):
     FORBIDDEN = "forbidden"
     #: The application called `abort()`.
     ABORTED = "aborted"
+    #: No acceptable PROXY header (`Config.proxy_protocol`): missing, malformed or too long.
+    PROXY = "bad proxy header"
 
 
 class AbortReason(enum.Enum):

@@ -75,6 +75,10 @@ class ReceiveBuffer:
             end -= 1
         return bytes(data[pos:end])
 
+    def peek(self, count: int) -> bytes:
+        """The next `count` unconsumed bytes (or fewer), left in place."""
+        return bytes(self._data[self._pos : self._pos + count])
+
     def take(self, count: int) -> bytes:
         """Take up to `count` bytes (one copy: a bytearray slice would make two)."""
         pos = self._pos

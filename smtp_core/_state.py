@@ -38,7 +38,14 @@ class State(enum.Enum):
     # since every command looks its state up in a table.
     __hash__ = object.__hash__
 
-    #: Connected; waiting for the application's answer to `Connected`.
+    #: Behind a proxy (`Config.proxy_protocol`): waiting for the PROXY header, before anything
+    #: is said. A missing, malformed or oversized header closes the connection in silence.
+    PROXY = "PROXY"
+    #: Implicit TLS behind a proxy: the PROXY header is read, the TLS handshake follows;
+    #: waiting for `tls_started()`. Feeding bytes now is a `LocalProtocolError`.
+    HANDSHAKE = "HANDSHAKE"
+    #: Connected (or restarted by XCLIENT); waiting for the application's answer to
+    #: `Connected`.
     CONNECT = "CONNECT"
     #: The greeting was a 554: every command but QUIT gets 503 (RFC 5321 3.1).
     REFUSED = "REFUSED"
@@ -66,7 +73,11 @@ class State(enum.Enum):
 class Trigger(enum.Enum):
     __hash__ = object.__hash__
 
+    PROXY_READ = "PROXY header read"
+    PROXY_TLS = "PROXY header read (SMTPS)"
     GREET = "greet"  #: the application accepted the connection
+    #: accepted after an XCLIENT that gave the HELO name: no new HELO/EHLO is needed
+    GREET_HELLO = "greet (XCLIENT HELO)"
     REFUSE = "refuse"  #: the application rejected it (554, wait for QUIT)
     HELLO = "HELO/EHLO accepted"
     HELLO_REJECTED = "HELO/EHLO rejected"
@@ -80,6 +91,7 @@ class Trigger(enum.Enum):
     RESET = "RSET / abandoned"
     STARTTLS = "STARTTLS accepted"
     TLS_DONE = "tls_started()"
+    XCLIENT = "XCLIENT"
     CLOSE = "close"
 
 
@@ -94,15 +106,24 @@ _ENDS_TRANSACTION: Final = {
 
 #: {state: {trigger: new state}}. CLOSE leads from every state to CLOSED.
 TRANSITIONS: Final[dict[State, dict[Trigger, State]]] = {
-    _S.CONNECT: {_T.GREET: _S.GREETED, _T.REFUSE: _S.REFUSED},
+    _S.PROXY: {_T.PROXY_READ: _S.CONNECT, _T.PROXY_TLS: _S.HANDSHAKE},
+    _S.HANDSHAKE: {_T.TLS_DONE: _S.CONNECT},
+    _S.CONNECT: {_T.GREET: _S.GREETED, _T.GREET_HELLO: _S.READY, _T.REFUSE: _S.REFUSED},
     _S.REFUSED: {},
     _S.GREETED: {
         _T.HELLO: _S.READY,
         _T.HELLO_REJECTED: _S.GREETED,
         _T.RESET: _S.GREETED,
         _T.STARTTLS: _S.STARTTLS,
+        _T.XCLIENT: _S.CONNECT,
     },
-    _S.READY: {**_ENDS_TRANSACTION, _T.MAIL: _S.MAIL, _T.AUTH: _S.AUTH, _T.STARTTLS: _S.STARTTLS},
+    _S.READY: {
+        **_ENDS_TRANSACTION,
+        _T.MAIL: _S.MAIL,
+        _T.AUTH: _S.AUTH,
+        _T.STARTTLS: _S.STARTTLS,
+        _T.XCLIENT: _S.CONNECT,
+    },
     _S.MAIL: {**_ENDS_TRANSACTION, _T.RCPT: _S.RCPT},
     _S.RCPT: {
         **_ENDS_TRANSACTION,
@@ -135,6 +156,7 @@ COMMAND_NAMES: Final = (
     "QUIT",
     "STARTTLS",
     "AUTH",
+    "XCLIENT",
 )
 #: The key of `Facts.refused` that stands for any verb the engine does not know.
 UNKNOWN: Final = "unknown"
@@ -146,6 +168,7 @@ class Input(enum.Enum):
     __hash__ = object.__hash__
 
     NOTHING = "nothing"
+    PROXY = "the PROXY protocol header (v1 or v2)"
     COMMANDS = "command lines"
     TEXT = "message text, up to `CRLF.CRLF`"
     SASL = "SASL responses, one base64 line each (`*` cancels)"
@@ -176,9 +199,16 @@ _IN_TRANSACTION: Final = "Error: MAIL transaction in progress"
 _IN_BDAT: Final = "Error: BDAT in progress"
 _DENIED: Final = "Error: access denied, send QUIT"
 #: What a transaction refuses whatever its stage.
-_IN_MAIL: Final = {"MAIL": _NESTED, "STARTTLS": _IN_TRANSACTION, "AUTH": _IN_TRANSACTION}
+_IN_MAIL: Final = {
+    "MAIL": _NESTED,
+    "STARTTLS": _IN_TRANSACTION,
+    "AUTH": _IN_TRANSACTION,
+    "XCLIENT": _IN_TRANSACTION,
+}
 
 FACTS: Final[dict[State, Facts]] = {
+    _S.PROXY: Facts(Input.PROXY),
+    _S.HANDSHAKE: Facts(Input.NOTHING),
     _S.CONNECT: Facts(Input.NOTHING),
     # RFC 5321 3.1: after a 554 greeting, every command but QUIT gets 503.
     _S.REFUSED: Facts(

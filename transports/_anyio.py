@@ -328,7 +328,7 @@ class AnyioRunner(Runner):
         #: True once shutdown began: idle sessions get 421 instead of another read.
         self.stopping = False
         self.sessions: set[_Session] = set()
-        self.pool = WorkerPool(app.options.workers)
+        self.pool = WorkerPool(app.options.workers, observer=app.observer)
         self._all_done: anyio.Event | None = None
 
     @classmethod

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import inspect
 import os
 import socket
@@ -134,6 +135,8 @@ def assemble(settings: Settings, environ: Mapping[str, str]) -> ServeCommand:
         raise s.conflict("tls_key", "needs --tls-cert")
     if s.get("tls_listen") and not s.given("tls_cert"):
         raise s.conflict("tls_listen", "needs --tls-cert (and --tls-key)")
+    if s.given("metrics") and importlib.util.find_spec("prometheus_client") is None:
+        raise s.conflict("metrics", "needs prometheus_client: pip install 'smtpkit[metrics]'")
     if s.given("auth_file") and not s.given("tls_cert") and not s.get("auth_allow_plaintext"):
         raise s.conflict(
             "auth_file",
@@ -156,8 +159,10 @@ def assemble(settings: Settings, environ: Mapping[str, str]) -> ServeCommand:
 
     config = _config(s)
     changes = _fields(s, Target.OPTIONS)
+    tls_files = None
     if s.given("tls_cert"):
         changes["ssl_context"] = _ssl_context(s)
+        tls_files = (s.get("tls_cert"), s.get("tls_key"))
     if s.get("processes") > 1:
         changes["reuse_port"] = True
     if environ.get(LOOP_ENV, "").strip().lower() == "asyncio":
@@ -173,6 +178,7 @@ def assemble(settings: Settings, environ: Mapping[str, str]) -> ServeCommand:
         maildir=maildir,
         per_recipient=handler.per_recipient,
         warnings=tuple(warnings),
+        tls_files=tls_files,
         **_fields(s, Target.COMMAND),
     )
 

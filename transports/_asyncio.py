@@ -53,7 +53,7 @@ class AsyncioRunner(Runner):
         self._stopping: asyncio.Event | None = None
         self.sessions: set[SessionProtocol] = set()
         self._all_closed: asyncio.Event | None = None
-        self.pool = WorkerPool(app.options.workers)
+        self.pool = WorkerPool(app.options.workers, observer=app.observer)
         self.shutting_down = False
         self.stress_epoch = 0
 

@@ -19,8 +19,9 @@ import os
 import signal
 import sys
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from smtpkit.handlers import Handler, MaildirHandler
 
@@ -29,12 +30,19 @@ from ._assemble import assemble, parse_serve, settings_of
 from ._clierror import CLIError, Exit
 from ._command import ServeCommand
 from ._configfile import read_config
-from ._flags import PROG, ArgumentParser, add_serve_arguments
+from ._flags import PROG, ArgumentParser, add_serve_arguments, format_address
 from ._listen import Address
 from ._logging import LogChannel, LogFormat, log_to_stderr
 from ._options import App
+from ._observer import Observer
 from ._processes import run_processes
+from ._reload import reload_server
 from ._server import Server
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from ._metrics import MetricsEndpoint
 
 __all__ = [
     "CLIError",
@@ -102,7 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             given = {k: v for k, v in vars(args).items() if k != "command"}
             command = assemble(settings_of(given), os.environ)
-            return run_serve_logging(command)
+            return run_serve_logging(
+                command, reload=lambda: assemble(settings_of(given), os.environ)
+            )
         if args.command == "check-config":
             return check_config(args.file)
         if args.command == "hash-password":
@@ -149,28 +159,51 @@ def configure_logging(level: str, log_format: LogFormat = LogFormat.TEXT) -> Log
     return log_to_stderr(level, log_format.formatter(), logger=root)
 
 
-def run_serve_logging(command: ServeCommand) -> int:
+def run_serve_logging(
+    command: ServeCommand,
+    *,
+    reload: Callable[[], ServeCommand] | None = None,
+    observer: Observer | None = None,
+) -> int:
     """`run_serve()` with its log on stderr, flushed before any error line is printed."""
     channel = configure_logging(command.log_level, command.log_format)
     try:
-        return run_serve(command)
+        return run_serve(command, reload=reload, observer=observer)
     finally:
         channel.close()
 
 
-def run_serve(command: ServeCommand) -> int:
-    """Serve until SIGTERM or SIGINT; the exit status. CLIError on failure."""
+def run_serve(
+    command: ServeCommand,
+    *,
+    reload: Callable[[], ServeCommand] | None = None,
+    observer: Observer | None = None,
+) -> int:
+    """Serve until SIGTERM or SIGINT; the exit status. CLIError on failure.
+
+    On SIGHUP, `reload()` gives the command anew (the file read again) and the server takes
+    it (`_reload.py`). `observer` is told what the server does; without one, `--metrics`
+    makes one and serves it."""
     for warning in command.warnings:
         log.warning("%s", warning)
     if command.processes > 1:
-        return _serve_processes(command)
+        return _serve_processes(command, reload)
     owner = None if command.user is None else _owner(command.user)
     if command.maildir is not None:
         _prepare_maildir(command, owner)
     _check_factory(command)
+    metrics = None
+    if observer is None and command.metrics is not None:
+        from ._metrics import Metrics
+
+        observer = metrics = Metrics()
     try:
         server = Server(
-            command.factory, command.options, transport=command.transport, user=command.user
+            command.factory,
+            command.options,
+            transport=command.transport,
+            user=command.user,
+            observer=observer,
         )
     except ValueError as exc:  # Runner.check refusing the handler or options
         raise CLIError(str(exc)) from None
@@ -178,10 +211,15 @@ def run_serve(command: ServeCommand) -> int:
         raise CLIError(
             f"the {command.transport} transport is not available: {exc}", Exit.FAILURE
         ) from None
+    # Bound before --user drops root.
+    endpoint = None if metrics is None else _serve_metrics(metrics.registry, command.metrics)
     _log_start(command)
     # Server.serve_forever() turns SIGTERM into a graceful stop once it runs; until then (and
     # once it is over), SIGTERM just ends the program quietly, with status 0.
     previous = signal.signal(signal.SIGTERM, _terminate)
+    previous_hup = signal.getsignal(signal.SIGHUP)
+    if reload is not None:
+        signal.signal(signal.SIGHUP, _reloader(server, command, reload))
     try:
         server.serve_forever()
     except _Terminated:
@@ -198,6 +236,9 @@ def run_serve(command: ServeCommand) -> int:
         ) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGHUP, previous_hup)
+        if endpoint is not None:
+            endpoint.close()
     return Exit.OK
 
 
@@ -209,28 +250,94 @@ def _terminate(signum: int, frame: types.FrameType | None) -> None:
     raise _Terminated
 
 
-def _serve_processes(command: ServeCommand) -> int:
-    """--processes N > 1: N forked processes on the same ports (SO_REUSEPORT)."""
+def _serve_processes(command: ServeCommand, reload: Callable[[], ServeCommand] | None) -> int:
+    """--processes N > 1: N forked processes on the same ports (SO_REUSEPORT). With
+    --metrics, the children count into files of a private folder (prometheus_client's
+    multiprocess mode) and the parent serves their sum."""
     options = command.options
 
     def child(listen: tuple[Address, ...], tls_listen: tuple[Address, ...]) -> int:
-        one = dataclasses.replace(
-            command,
-            processes=1,
-            options=dataclasses.replace(
-                options, listen=listen, tls_listen=tls_listen, reuse_port=True
-            ),
-        )
+        def one(command: ServeCommand) -> ServeCommand:
+            return dataclasses.replace(
+                command,
+                processes=1,
+                metrics=None,
+                options=dataclasses.replace(
+                    command.options, listen=listen, tls_listen=tls_listen, reuse_port=True
+                ),
+            )
+
+        observer = None
+        if command.metrics is not None:
+            from ._metrics import Metrics
+
+            observer = Metrics()
+        again = None if reload is None else lambda: one(reload())
         try:  # the parent's log writer thread did not survive the fork: a channel of its own
-            return run_serve_logging(one)
+            return run_serve_logging(one(command), reload=again, observer=observer)
         except CLIError as exc:
             _error(str(exc))
             return exc.status
 
+    def fork() -> int:
+        try:
+            return run_processes(
+                command.processes, options.listen, options.tls_listen, child, started=started
+            )
+        except OSError as exc:
+            raise CLIError(f"cannot listen: {exc.strerror or exc}", Exit.FAILURE) from None
+
+    endpoints: list[MetricsEndpoint] = []
+
+    def started() -> None:
+        if command.metrics is not None and folder is not None:
+            from ._metrics import multiprocess_registry
+
+            endpoints.append(_serve_metrics(multiprocess_registry(folder), command.metrics))
+
+    folder = None
+    if command.metrics is None:
+        return fork()
+    from ._metrics import multiprocess_folder
+
+    owner = None if command.user is None else _owner(command.user)
+    with multiprocess_folder(owner) as folder:
+        try:
+            return fork()
+        finally:
+            for endpoint in endpoints:
+                endpoint.close()
+
+
+def _serve_metrics(registry: CollectorRegistry, address: Address) -> MetricsEndpoint:
+    """The /metrics endpoint of `registry` on `address`; CLIError when it cannot listen."""
+    from ._metrics import MetricsEndpoint
+
     try:
-        return run_processes(command.processes, options.listen, options.tls_listen, child)
+        return MetricsEndpoint(registry, address)
     except OSError as exc:
-        raise CLIError(f"cannot listen: {exc.strerror or exc}", Exit.FAILURE) from None
+        raise CLIError(
+            f"--metrics {format_address(address)}: cannot listen: {exc.strerror or exc}",
+            Exit.FAILURE,
+        ) from None
+
+
+def _reloader(
+    server: Server, command: ServeCommand, read: Callable[[], ServeCommand]
+) -> Callable[[int, types.FrameType | None], None]:
+    """The SIGHUP handler: the server takes the command `read()` gives now (`_reload.py`)."""
+    in_force = [command]
+
+    def prepare(new: ServeCommand) -> None:
+        if new.maildir is not None:
+            _prepare_maildir(new, None)  # as the user we serve as now
+        _check_factory(new)
+
+    def on_hup(signum: int, frame: types.FrameType | None) -> None:
+        log.info("received SIGHUP, reloading")
+        in_force[0] = reload_server(server, in_force[0], read, prepare)
+
+    return on_hup
 
 
 def _owner(user: str) -> tuple[int, int] | None:

@@ -8,6 +8,7 @@ from typing import final
 
 from smtpkit.handlers import HandlerFactory
 
+from ._listen import Address
 from ._logging import LogFormat
 from ._options import ServerOptions
 
@@ -30,6 +31,11 @@ class ServeCommand:
     processes: int = 1
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.TEXT
+    #: The certificate and key files of `options.ssl_context` (key None: in the cert file),
+    #: loaded into it again on SIGHUP.
+    tls_files: tuple[str, str | None] | None = None
+    #: Serve Prometheus metrics here (--processes: the parent serves the children's sum).
+    metrics: Address | None = None
     #: The handler as given to --handler (or [deliver] type), for messages and the log.
     handler: str = "maildir"
     #: The Maildir folder to prepare before serving (the maildir handler), absolute.

@@ -54,6 +54,8 @@ __all__ = [
 ]
 
 PROG: Final = "smtpkit"
+#: The port of --metrics HOST when none is given.
+METRICS_PORT: Final = 9025
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 #: The ready handlers of --handler NAME (anything else is MODULE:ATTR).
@@ -625,6 +627,14 @@ def _flags() -> tuple[Flag, ...]:
             _enum(LogFormat),
             Group.LOGGING,
             "one line of text per record, or one JSON object per line",
+            Target.COMMAND,
+        ),
+        Flag(
+            "--metrics",
+            _address(METRICS_PORT),
+            Group.LOGGING,
+            "serve Prometheus metrics on http://HOST:PORT/metrics (needs smtpkit[metrics]; "
+            f"port {METRICS_PORT} if omitted)",
             Target.COMMAND,
         ),
     )

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Final, final
 from ._limits import ConnectionLimits
 
 if TYPE_CHECKING:
+    from ._observer import Observer
     from ._options import ServerOptions
 
 __all__ = [
@@ -140,9 +141,16 @@ class Lifecycle:
     Used from the event loop or I/O thread only, so it needs no lock.
     """
 
-    def __init__(self, options: ServerOptions, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        options: ServerOptions,
+        clock: Clock = time.monotonic,
+        observer: Observer | None = None,
+    ) -> None:
         self.options = options
         self.clock = clock
+        #: Told of every admission, refusal and release (metrics), when set.
+        self.observer = observer
         self.limits = ConnectionLimits(options.max_connections, options.max_per_ip)
         self._stress_at = math.floor(options.max_connections * STRESS_SHARE) + 1
         #: True while more than 80% of the slots are in use.
@@ -166,12 +174,19 @@ class Lifecycle:
     def admit(self, ip: str) -> Slot | Refusal:
         """A slot for a new connection from `ip`, or why it is refused."""
         if self.phase is not Phase.SERVING:
-            return Refusal.SHUTTING_DOWN
+            return self._refuse(Refusal.SHUTTING_DOWN)
         reason = self.limits.admit(ip)
         if reason is not None:
-            return Refusal(reason)
+            return self._refuse(Refusal(reason))
         self._update_stress()
+        if self.observer is not None:
+            self.observer.admitted(self.limits.active)
         return Slot(ip)
+
+    def _refuse(self, refusal: Refusal) -> Refusal:
+        if self.observer is not None:
+            self.observer.refused(refusal.value)
+        return refusal
 
     def release(self, slot: Slot | None) -> None:
         """Free `slot` (once; None and a released slot are ignored)."""
@@ -180,6 +195,8 @@ class Lifecycle:
         slot.released = True
         self.limits.release(slot.ip)
         self._update_stress()
+        if self.observer is not None:
+            self.observer.released(self.limits.active)
 
     def _update_stress(self) -> None:
         stress = self.limits.active >= self._stress_at

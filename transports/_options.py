@@ -12,6 +12,7 @@ from smtpkit.handlers import Handler, HandlerFactory
 
 from ._lifecycle import Lifecycle, Refusal
 from ._limits import ConnectionLimits
+from ._observer import Observer
 from ._pump import HookPlan, Pump, plan_for
 from ._spool import DEFAULT_MAX_BYTES, DEFAULT_THRESHOLD, Spooler
 
@@ -112,18 +113,33 @@ class App:
     shutdown (see `_lifecycle`); `lifecycle.active_sessions` counts the slots in use.
     """
 
-    def __init__(self, factory: HandlerFactory, options: ServerOptions) -> None:
+    def __init__(
+        self, factory: HandlerFactory, options: ServerOptions, observer: Observer | None = None
+    ) -> None:
         self.factory = factory
         self.options = options
-        self.lifecycle = Lifecycle(options)
+        #: Told what the server does (metrics); None: nothing is reported.
+        self.observer = observer
+        self.lifecycle = Lifecycle(options, observer=observer)
         #: Where message content waits for the handler's decision.
         self.spooler = Spooler(
             threshold=options.spool_threshold,
             folder=options.spool_dir,
             max_bytes=options.spool_max_bytes,
+            observer=observer,
         )
         self._configs: dict[bool, Config] = {}  # keyed by whether the handler checks AUTH
         self._refusals: dict[Refusal, bytes] = {}
+
+    def reload(self, factory: HandlerFactory, options: ServerOptions) -> None:
+        """Serve new sessions with `factory` and `options` (SIGHUP); sessions in flight keep
+        their handler and Config. The caller keeps what is fixed at start (listeners, limits,
+        the spool, the pool) as it was: see `_reload.py`."""
+        self.factory = factory
+        self.options = options
+        self.lifecycle.options = options
+        self._configs = {}
+        self._refusals = {}
 
     @property
     def limits(self) -> ConnectionLimits:
@@ -165,6 +181,7 @@ class App:
             received_header=self.options.received_header,
             tls_version=tls_version,
             spooler=self.spooler,
+            observer=self.observer,
         )
 
     def refusal(self, reason: Refusal) -> bytes:

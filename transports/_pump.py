@@ -30,6 +30,7 @@ from typing import Final, final
 from smtp_core import (
     AuthCredentials,
     Closed,
+    CloseReason,
     Connected,
     EndOfMessage,
     Event,
@@ -65,6 +66,7 @@ from smtpkit.handlers import (
 from smtpkit.handlers._trace import log_escape, received_header
 
 from ._lifecycle import Deadline, Lifecycle, SessionClock
+from ._observer import Observer
 from ._spool import Spool, Spooler
 
 __all__ = [
@@ -222,6 +224,7 @@ class Pump:
         tls_version: str | None = None,
         queue_id: Callable[[], str] = new_queue_id,
         spooler: Spooler | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.conn = conn
         self.handler = handler
@@ -244,6 +247,13 @@ class Pump:
         self._over = False
         self.messages = 0
         self.close_reason = ""
+        #: Told of decisions, hook run times, TLS and the session's end (metrics), when set.
+        self.observer = observer
+        self._hook_start = 0.0
+        #: Where the session was when the peer went away (EOF, reset), for the metrics.
+        self._lost_at: State | None = None
+        if observer is not None and tls_version is not None:
+            observer.tls_started(tls_version)
 
     # ------------------------------------------------------------------ the loop
 
@@ -256,6 +266,8 @@ class Pump:
                 log.info("%s: %d bytes behind STARTTLS dropped", self.peer_text, len(data))
                 return
             self.clock.received(data, content=self._reading_content())
+        elif self._lost_at is None:
+            self._lost_at = self.conn.state
         self.conn.receive_data(data)
 
     def data_to_send(self) -> bytes:
@@ -335,6 +347,8 @@ class Pump:
         self.session.tls_version = version
         self.conn.tls_started()
         self.clock.handshake_ended()
+        if self.observer is not None and version is not None:
+            self.observer.tls_started(version)
 
     # ------------------------------------------------------------------ timeouts, shutdown
 
@@ -376,6 +390,8 @@ class Pump:
     def connection_lost(self) -> None:
         """The connection broke (reset, or EOF while a reply could not be sent): end the
         session without a reply and without running what the peer had pipelined."""
+        if self._lost_at is None:
+            self._lost_at = self.conn.state
         self.abort(None, "lost")
 
     def abort(self, reply: Reply | None, reason: str = "aborted") -> bytes:
@@ -400,6 +416,8 @@ class Pump:
                 return None
             raise LocalProtocolError("no hook is running")
         event = self._event
+        if self.observer is not None:
+            self.observer.hook_finished(self._call.name, self.lifecycle.clock() - self._hook_start)
         self._call = None
         self._event = None
         self.clock.hook_ended()
@@ -432,6 +450,8 @@ class Pump:
         call = self._call = HookCall(route.hook, fn, args, mode)
         self._event = event
         self.clock.hook_started()
+        if self.observer is not None:
+            self._hook_start = self.lifecycle.clock()
         if mode is Mode.INLINE:
             try:
                 result = fn(*args)
@@ -448,6 +468,9 @@ class Pump:
 
     def _message_arrived(self, event: Event) -> tuple[HookArg, ...] | Reply:
         spool = self._spool or self._start_spool()  # an empty message has no MessageData
+        if self.observer is not None:
+            assert isinstance(event, EndOfMessage)
+            self.observer.message_received(event.size)
         if spool.overflowed:
             return _NO_STORAGE
         return (spool.message(),)
@@ -505,6 +528,9 @@ class Pump:
             answer = self._message_done(event, answer)
             self._drop_spool()
         self.conn.send(answer, event)
+        if self.observer is not None and route.hook is not None:
+            for code in self.conn.answered_codes:
+                self.observer.answered(route.hook, code)
 
     def _message_done(self, event: EndOfMessage, result: HookResult) -> HookResult:
         qid = self.envelope.queue_id
@@ -540,6 +566,10 @@ class Pump:
         return f"[{peer[0]}]:{peer[1]}"
 
     def _log_close(self) -> None:
+        if self.observer is not None:
+            lost = self._lost_at if self.close_reason in _LOST else None
+            stage = None if lost is None else lost.value.lower()
+            self.observer.session_closed(self.close_reason, stage)
         log.info(
             "disconnect from %s reason=%s messages=%d duration=%.3fs",
             self.peer_text,
@@ -548,6 +578,9 @@ class Pump:
             self.lifecycle.clock() - self._started,
         )
 
+
+#: Close reasons that mean the peer went away without QUIT: the engine's EOF, and a reset.
+_LOST: Final = frozenset({CloseReason.EOF.value, "lost"})
 
 _DEFAULT_SPOOLER: list[Spooler] = []
 

@@ -22,6 +22,7 @@ from smtpkit.handlers import HandlerFactory
 from ._limits import raise_open_file_limit
 from ._listen import Address, bind, drop_privileges
 from ._logging import log_to_stderr
+from ._observer import Observer
 from ._options import App, ServerOptions
 
 __all__ = ["TRANSPORTS", "Runner", "Server", "serve"]
@@ -93,10 +94,11 @@ class Server:
         *,
         transport: str = "asyncio",
         user: str | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.options = options if options is not None else ServerOptions()
         self.transport = transport
-        self.app = App(handler_factory, self.options)
+        self.app = App(handler_factory, self.options, observer)
         self._runner_cls = _runner_class(transport)
         self._runner_cls.check(self.app)
         self._user = user

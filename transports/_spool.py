@@ -34,6 +34,8 @@ from typing import Final, final
 
 from smtpkit.handlers import Message
 
+from ._observer import Observer
+
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_THRESHOLD", "Spool", "Spooler"]
 
 log = logging.getLogger("smtpkit")
@@ -60,9 +62,12 @@ class Spooler:
         threshold: int = DEFAULT_THRESHOLD,
         folder: str | os.PathLike[str] | None = None,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        observer: Observer | None = None,
     ) -> None:
         self.threshold = threshold
         self.max_bytes = max_bytes
+        #: Told the bytes on disk after each change (metrics), when set.
+        self.observer = observer
         #: Where instance folders go: `folder`, or smtpkit-spool-<uid> in the system temp dir.
         self.parent = (
             Path(folder)
@@ -144,11 +149,15 @@ class Spooler:
             if self._used + count > self.max_bytes:
                 return False
             self._used += count
+            if self.observer is not None:
+                self.observer.spool_bytes(self._used)
             return True
 
     def _release(self, count: int) -> None:
         with self._mutex:
             self._used -= count
+            if self.observer is not None:
+                self.observer.spool_bytes(self._used)
 
     def __repr__(self) -> str:
         return f"<Spooler {self._folder or self.parent} used={self._used}/{self.max_bytes}>"

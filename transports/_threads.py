@@ -190,7 +190,7 @@ class ThreadsRunner(Runner):
         self._conns: set[_Conn] = set()
         self._listeners: list[_Listener] = []
         self._sel: selectors.BaseSelector = selectors.DefaultSelector()
-        self._pool = WorkerPool(o.workers)
+        self._pool = WorkerPool(o.workers, observer=app.observer)
         self._next_sweep = _NEVER
         self._accept_paused_until = 0.0
         self._shutting_down = False

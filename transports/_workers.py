@@ -14,7 +14,10 @@ import collections
 import logging
 import threading
 from collections.abc import Callable
-from typing import Final, Generic, TypeVar, final
+from typing import TYPE_CHECKING, Final, Generic, TypeVar, final
+
+if TYPE_CHECKING:
+    from ._observer import Observer
 
 __all__ = ["Job", "WorkerPool"]
 
@@ -51,9 +54,13 @@ class Job(Generic[T]):
 class WorkerPool:
     """Up to `workers` daemon threads, started on demand."""
 
-    def __init__(self, workers: int, name: str = "smtpkit-worker") -> None:
+    def __init__(
+        self, workers: int, name: str = "smtpkit-worker", observer: Observer | None = None
+    ) -> None:
         self.workers = workers
         self.name = name
+        #: Told the queue's depth after each change (metrics), when set.
+        self.observer = observer
         self._cond = threading.Condition(threading.Lock())
         self._queue: collections.deque[Job[object]] = collections.deque()
         self._threads = 0  # live workers, abandoned ones not counted
@@ -77,6 +84,7 @@ class WorkerPool:
                 return None
             self._queue.append(job)  # type: ignore[arg-type]
             self._wake_or_spawn()
+            self._report()
         return job
 
     def abandon(self, job: Job[T]) -> None:
@@ -86,6 +94,7 @@ class WorkerPool:
             if job.state == _QUEUED:
                 job.state = _DROPPED
                 self._queue.remove(job)  # type: ignore[arg-type]
+                self._report()
                 return
             if job.state != _RUNNING:
                 return
@@ -108,6 +117,11 @@ class WorkerPool:
             self._closed = True
             self._queue.clear()
             self._cond.notify_all()
+
+    def _report(self) -> None:
+        # Called with the lock held, so depths are reported in order.
+        if self.observer is not None:
+            self.observer.queue_depth(len(self._queue))
 
     def _wake_or_spawn(self) -> None:
         # Called with the lock held.
@@ -134,6 +148,7 @@ class WorkerPool:
                     return
                 job = self._queue.popleft()
                 job.state = _RUNNING
+                self._report()
             try:
                 value: object = job.fn(*job.args)
                 ok = True

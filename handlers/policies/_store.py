@@ -21,6 +21,7 @@ on the worker pool; under trio too, where the synchronous `redis` client is the 
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import logging
 import math
@@ -67,7 +68,7 @@ class StoreError(Exception):
     unwritable): the policies answer a temporary failure."""
 
 
-class Store:
+class Store(abc.ABC):
     """Numbers under string keys, each with an expiry, with atomic operations.
 
     `ttl` is in seconds from now. A key whose expiry has passed is absent for every operation.
@@ -77,24 +78,25 @@ class Store:
         #: Seconds since the epoch; every expiry and every "now" of the policies is read here.
         self.clock = clock
 
+    @abc.abstractmethod
     def incr(self, key: str, ttl: float) -> int:
         """Add 1 to the count under `key` and return it. A new count (1) expires after `ttl`;
         later increments keep that expiry: a fixed window, as Postfix's anvil counts."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def get(self, key: str) -> float | None:
         """The value under `key`, or None."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def put(self, key: str, value: float, ttl: float) -> None:
         """Store `value` under `key`, replacing what was there, until `ttl` from now."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def add(self, key: str, value: float, ttl: float) -> float | None:
         """Store `value` under `key` until `ttl` from now unless the key is present: None when
         it was stored, else the value already there (which is kept)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def close(self) -> None:
         """Let go of connections and files (the next operation opens them again)."""
 
@@ -184,6 +186,9 @@ class MemoryStore(Store):
             if present is None:
                 self._set(key, value, expires, now)
             return present
+
+    def close(self) -> None:
+        """Nothing to let go of: the entries stay, as a file's would."""
 
     def __repr__(self) -> str:
         return "MemoryStore()"
@@ -378,9 +383,10 @@ class RedisStore(Store):
         self._put = register(_REDIS_PUT)
         self._add = register(_REDIS_ADD)
 
-    def _run(self, script: Callable[..., Any], key: str, ttl: float, value: float) -> Any:
+    def _run(self, script: Callable[..., Any], key: str, ttl: float = 0.0, value: float = 0) -> Any:
+        """Run `script` on `key` (ttl 0: a read, which sets no expiry)."""
         now = self.clock()
-        expires = _expiry(now, ttl)
+        expires = _expiry(now, ttl) if ttl else now
         ttl_ms = max(1, math.ceil((expires - now) * 1000))
         try:
             return script(
@@ -393,7 +399,7 @@ class RedisStore(Store):
         return int(self._run(self._incr, key, ttl, 1))
 
     def get(self, key: str) -> float | None:
-        found = self._run(self._get, key, 1.0, 0)
+        found = self._run(self._get, key)
         return None if found is None else float(found)
 
     def put(self, key: str, value: float, ttl: float) -> None:

@@ -62,7 +62,7 @@ def test_sqlite_greylisting_survives_a_restart(smtpkit: Smtpkit, tmp_path: Path)
 def test_processes_share_the_sqlite_store(smtpkit: Smtpkit, tmp_path: Path) -> None:
     toml = config(tmp_path / "grey.toml", "sqlite:state.sqlite")
     server = smtpkit("serve", "--config", str(toml), "--processes", "2")
-    assert wait_until(lambda: len(re.findall("listening on", server.log())) == 2)
+    assert wait_until(lambda: len(re.findall("listening on", server.log())) >= 2)
     recipients = [f"user{n}@example.org" for n in range(8)]
     assert [rcpt(server, r) for r in recipients] == [451] * 8
     # The kernel spreads the connections over both children: retries that reach the other
