@@ -39,6 +39,11 @@ class Session:
         return peer[0] if peer else ""
 
     @property
+    def client_name(self) -> str | None:
+        """The client's host name, when XCLIENT NAME gave it; None otherwise."""
+        return self._conn.client_name
+
+    @property
     def helo_name(self) -> str | None:
         return self._conn.helo_name
 

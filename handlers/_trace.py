@@ -60,6 +60,7 @@ def format_received(
     helo: str | None,
     client_ip: str,
     hostname: str,
+    client_name: str | None = None,
     protocol: str,
     queue_id: str | None,
     tls_version: str | None = None,
@@ -69,21 +70,26 @@ def format_received(
 ) -> bytes:
     """One `Received:` header (RFC 5321 4.4), CRLF-terminated, folded over a few lines:
 
-        Received: from HELO ([IP])
+        Received: from HELO (NAME [IP])
                 by HOSTNAME (smtpkit) with PROTOCOL id QUEUE_ID
                 (using TLS_VERSION)
                 for <RECIPIENT>; DATE
 
-    `helo` and `recipient` come from the client and are made inert; the rest is ours.
+    `helo`, `client_name` (the client's host name, from XCLIENT; left out when unknown) and
+    `recipient` come from the client and are made inert; the rest is ours.
     Non-ASCII characters are kept only in an SMTPUTF8 message (`utf8`, RFC 6532)."""
     name = _header_token(helo or "", utf8=utf8) or "unknown"
     literal = f"IPv6:{client_ip}" if ":" in client_ip else client_ip
+    if client_name:
+        literal = f"{_header_token(client_name, utf8=False)} [{literal}"
+    else:
+        literal = f"[{literal}"
     tls = f"\r\n\t(using {tls_version})" if tls_version else ""
     rcpt = f"\r\n\tfor <{_header_token(recipient, utf8=utf8, allow='@')}>" if recipient else ""
     qid = f" id {queue_id}" if queue_id else ""
     when = date if date is not None else email.utils.formatdate(localtime=True)
     header = (
-        f"Received: from {name} ([{literal}])"
+        f"Received: from {name} ({literal}])"
         f"\r\n\tby {hostname} (smtpkit) with {protocol}{qid}"
         f"{tls}{rcpt}; {when}\r\n"
     )
@@ -101,6 +107,7 @@ def received_header(
     return format_received(
         helo=session.helo_name,
         client_ip=session.client_ip,
+        client_name=session.client_name,
         hostname=hostname,
         protocol=transmission_type(session),
         queue_id=queue_id,

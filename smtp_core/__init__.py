@@ -33,6 +33,7 @@ from ._events import (
     Signal,
     StartTLS,
 )
+from ._proxy import ProxyCommand, ProxyError, ProxyHeader, parse_proxy_header
 from ._reply import Reply, format_reply
 from ._state import State
 
@@ -61,6 +62,9 @@ __all__ = [
     "MessageData",
     "Outcome",
     "ProtocolError",
+    "ProxyCommand",
+    "ProxyError",
+    "ProxyHeader",
     "Quit",
     "RcptParams",
     "RcptTo",
@@ -74,4 +78,5 @@ __all__ = [
     "State",
     "format_reply",
     "outcome_of",
+    "parse_proxy_header",
 ]

@@ -44,11 +44,13 @@ from ._events import (
     StartTLS,
 )
 from ._params import parse_mail_params, parse_rcpt_params
+from ._proxy import MAX_V2_HEADER, ProxyError, ProxyHeader, parse_proxy_header
 from ._readers import END, ChunkDone, ChunkReader, DataReader
 from ._receivebuffer import TOO_LONG, ReceiveBuffer, TooLong
 from ._reply import Reply, format_reply
 from ._sasl import MECHANISMS, Credentials, SaslMechanism, decode_response
 from ._state import COMMAND_NAMES, FACTS, NEED_RCPT, UNKNOWN, Input, State, Trigger, next_state
+from ._xclient import XCLIENT_ATTRIBUTES, parse_xclient, trusted
 
 __all__ = ["Answer", "ServerConnection"]
 
@@ -99,7 +101,9 @@ class ServerConnection:
     """The server side of one SMTP (or LMTP) session.
 
     `peer` is handed to the application in the `Connected` event; `tls` is true for implicit
-    TLS (SMTPS), where the session is encrypted from the first byte.
+    TLS (SMTPS), where the session is encrypted from the first byte. With
+    `Config.proxy_protocol` the session begins with the PROXY header, which names the peer;
+    `tls` then means that the TLS handshake follows that header (SMTPS behind a proxy).
     """
 
     def __init__(
@@ -114,9 +118,12 @@ class ServerConnection:
         #: Decision events the engine accepts itself, with the standard reply, without
         #: returning them: for an application that has no policy for them.
         self.auto_accept = auto_accept
-        self.peer: Final = peer
-        self._state = State.CONNECT
-        self._facts = FACTS[State.CONNECT]
+        #: The client's (address, port): as the transport saw it, then as a PROXY header or
+        #: XCLIENT names it.
+        self.peer = peer
+        proxied = self.config.proxy_protocol
+        self._state = State.PROXY if proxied else State.CONNECT
+        self._facts = FACTS[self._state]
         self._buf = ReceiveBuffer()
         self._out = bytearray()
         self._pending: Event | None = None
@@ -129,8 +136,15 @@ class ServerConnection:
         self._junk_limit = self.config.junk_command_limit
         self._auth_failures = 0
         self._discarded = 0
+        # The connection: the PROXY header, and what XCLIENT says.
+        self._proxy: ProxyHeader | None = None
+        self._proxy_error: ProxyError | None = None
+        self._handshake_after_proxy = tls and proxied
+        self._server_address: tuple[str, int] | None = None
+        self._client_name: str | None = None
+        self._xclient_ok = trusted(peer, self.config.xclient_trusted)
         # Session: forgotten after STARTTLS.
-        self._tls = tls
+        self._tls = tls and not proxied
         self._helo: str | None = None
         self._esmtp = False
         self._user: str | None = None
@@ -224,6 +238,42 @@ class ServerConnection:
         return self.config.tls_available and not self._tls
 
     @property
+    def proxy_header(self) -> ProxyHeader | None:
+        """The PROXY header the connection began with (`Config.proxy_protocol`), once read."""
+        return self._proxy
+
+    @property
+    def proxy_error(self) -> ProxyError | None:
+        """Why the connection was closed without a greeting (`CloseReason.PROXY`)."""
+        return self._proxy_error
+
+    @property
+    def server_address(self) -> tuple[str, int] | None:
+        """The (address, port) the client connected to, as a PROXY header or XCLIENT
+        (DESTADDR, DESTPORT) says; None when neither did."""
+        return self._server_address
+
+    @property
+    def client_name(self) -> str | None:
+        """The client's host name as XCLIENT NAME gave it; None when unknown."""
+        return self._client_name
+
+    @property
+    def xclient_offered(self) -> bool:
+        """The client may send XCLIENT: its address (after any PROXY header) is in
+        `Config.xclient_trusted`."""
+        return self._xclient_ok
+
+    @property
+    def trailing_data(self) -> bytes:
+        """In the HANDSHAKE state (implicit TLS behind a proxy): the bytes that arrived right
+        behind the PROXY header, the start of the TLS handshake. Hand them to TLS before
+        anything read later; `tls_started()` drops them from the engine. Else b""."""
+        if self._state is not State.HANDSHAKE:
+            return b""
+        return self._buf.peek(len(self._buf))
+
+    @property
     def plaintext_discarded(self) -> int:
         """Octets the client pipelined behind STARTTLS, which the engine dropped unread (RFC
         3207 5): more than 0 is an injection attempt, worth a log line."""
@@ -248,14 +298,15 @@ class ServerConnection:
         """Store bytes from the peer; b"" means the peer closed its side."""
         if self._state is State.CLOSED:
             return
+        handshake = self._state is State.STARTTLS or self._state is State.HANDSHAKE
         if not data:
             self._eof = True
-            if self._state is State.STARTTLS:  # the peer left during the handshake
+            if handshake:  # the peer left during the handshake
                 self._close(CloseReason.EOF)
             return
         if self._eof:
             raise LocalProtocolError("received data after EOF")
-        if self._state is State.STARTTLS:
+        if handshake:
             raise LocalProtocolError(
                 "receive_data() while the STARTTLS handshake is pending: bytes that arrive "
                 "now belong to the handshake; call tls_started() first"
@@ -267,7 +318,11 @@ class ServerConnection:
 
         Peer errors never raise: they are answered in the output buffer.
         """
-        if self._pending is not None or self._state is State.STARTTLS:
+        if (
+            self._pending is not None
+            or self._state is State.STARTTLS
+            or self._state is State.HANDSHAKE
+        ):
             return PAUSED
         if self._state is State.CLOSED and self._held is None:
             return self._closed()
@@ -296,7 +351,9 @@ class ServerConnection:
                     return self._closed()
                 self._buf.compact()
                 return NEED_DATA
-            assert isinstance(event, Event)  # _step() never returns PAUSED
+            if event is PAUSED:  # the TLS handshake behind the PROXY header is due
+                return PAUSED
+            assert isinstance(event, Event)
             if type(event) in _ANSWERS:
                 if type(event) in self.auto_accept:
                     self._answer(event, _ACCEPT)
@@ -345,7 +402,14 @@ class ServerConnection:
         return out
 
     def tls_started(self) -> None:
-        """The STARTTLS handshake succeeded: forget the session, as RFC 3207 4.2 requires."""
+        """The STARTTLS handshake succeeded: forget the session, as RFC 3207 4.2 requires.
+        (Behind a proxy on an implicit-TLS listener: the handshake after the PROXY header
+        succeeded, and the session begins.)"""
+        if self._state is State.HANDSHAKE:
+            self._tls = True
+            self._buf.clear()  # `trailing_data`: the transport gave it to TLS
+            self._go(Trigger.TLS_DONE)
+            return
         if self._state is not State.STARTTLS:
             raise LocalProtocolError("tls_started() without an accepted STARTTLS")
         self._tls = True
@@ -428,6 +492,8 @@ class ServerConnection:
         reads = self._facts.reads
         if reads is Input.TEXT:
             return self._read_data()
+        if reads is Input.PROXY:
+            return self._read_proxy()
         if self._state is State.CONNECT:
             return Connected(peer=self.peer)
         if self._chunks.active:
@@ -477,6 +543,28 @@ class ServerConnection:
             if self._junk > self._junk_limit:
                 self._count_error()
         return event
+
+    def _read_proxy(self) -> Signal | None:
+        """The PROXY header: the peer it names becomes ours. Nothing is said either way; a
+        missing, malformed or oversized header closes the connection."""
+        header = parse_proxy_header(self._buf.peek(MAX_V2_HEADER))
+        if header is None:
+            return NEED_DATA
+        if isinstance(header, ProxyError):
+            self._proxy_error = header
+            self._close(CloseReason.PROXY)
+            return None
+        self._buf.skip(header.length)
+        self._proxy = header
+        if header.source is not None:
+            self.peer = header.source
+            self._server_address = header.destination
+            self._xclient_ok = trusted(self.peer, self.config.xclient_trusted)
+        if self._handshake_after_proxy:
+            self._go(Trigger.PROXY_TLS)
+            return PAUSED
+        self._go(Trigger.PROXY_READ)
+        return None
 
     def _read_data(self) -> Event | Signal | None:
         result = self._data.read(self._buf)
@@ -620,6 +708,7 @@ class ServerConnection:
             "BDAT": not c.chunking,
             "STARTTLS": not self.starttls_offered,
             "AUTH": not self.auth_offered,
+            "XCLIENT": not self._xclient_ok,
         }
         names = " ".join(name for name in COMMAND_NAMES if not hidden.get(name, False))
         self._write(_r(214, "2.0.0", f"Commands: {names}"))
@@ -673,6 +762,39 @@ class ServerConnection:
         self._sasl_name = name
         self._go(Trigger.AUTH)
         return self._sasl_step(response)
+
+    def _cmd_xclient(self, verb: str, arg: str) -> None:
+        if not self.config.xclient_trusted:
+            raise RemoteProtocolError("XCLIENT is off", _UNKNOWN)
+        if not self._xclient_ok:
+            raise peer_error(550, "5.7.0", "Error: insufficient authorization")
+        attributes = parse_xclient(arg)
+        # Postfix: the session starts over at the greeting, with the new client's attributes
+        # (a HELO or PROTO given here stands; the rest of the session is forgotten).
+        self._forget_session()
+        peer = self.peer
+        for name, value in attributes.items():
+            if name == "ADDR":
+                peer = None if value is None else (value, peer[1] if peer else 0)
+            elif name == "PORT":
+                if peer is not None:
+                    peer = (peer[0], 0 if value is None else int(value))
+            elif name == "NAME":
+                self._client_name = value
+            elif name == "HELO":
+                self._helo = value
+            elif name == "PROTO":
+                self._esmtp = value == "ESMTP"
+            elif name == "LOGIN":
+                self._user = value
+            elif name == "DESTADDR":
+                old = self._server_address
+                self._server_address = None if value is None else (value, old[1] if old else 0)
+            elif name == "DESTPORT" and self._server_address is not None:
+                address = self._server_address[0]
+                self._server_address = (address, 0 if value is None else int(value))
+        self.peer = peer
+        self._go(Trigger.XCLIENT)
 
     # ------------------------------------------------------------------ AUTH exchange
 
@@ -757,8 +879,11 @@ class ServerConnection:
         self._write(reply, enhanced=False)
         if outcome is Outcome.CLOSE:
             self._close(CloseReason.REFUSED)
+        elif outcome is Outcome.ACCEPT:
+            # After an XCLIENT that named the HELO, the client need not greet again.
+            self._go(Trigger.GREET if self._helo is None else Trigger.GREET_HELLO)
         else:
-            self._go(Trigger.GREET if outcome is Outcome.ACCEPT else Trigger.REFUSE)
+            self._go(Trigger.REFUSE)
 
     def _answer_hello(self, event: Event, answer: Decision | Reply) -> None:
         assert isinstance(event, Hello)
@@ -792,6 +917,7 @@ class ServerConnection:
             (c.dsn, "DSN"),
             (self.starttls_offered, "STARTTLS"),
             (self.auth_offered, "AUTH " + " ".join(c.auth_mechanisms)),
+            (self._xclient_ok, "XCLIENT " + " ".join(XCLIENT_ATTRIBUTES)),
         )
         return [keyword for enabled, keyword in table if enabled]
 
@@ -906,6 +1032,7 @@ _COMMAND_TABLE: Final[dict[str, _Command]] = {
     "QUIT": ServerConnection._cmd_quit,
     "STARTTLS": ServerConnection._cmd_starttls,
     "AUTH": ServerConnection._cmd_auth,
+    "XCLIENT": ServerConnection._cmd_xclient,
 }
 assert set(_COMMAND_TABLE) == set(COMMAND_NAMES)
 _Answerer = Callable[[ServerConnection, Event, "Decision | Reply"], None]

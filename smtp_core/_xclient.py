@@ -19,7 +19,16 @@ from ._params import decode_xtext
 __all__ = ["XCLIENT_ATTRIBUTES", "parse_networks", "parse_xclient", "trusted"]
 
 #: The attributes smtpkit accepts, in the order the EHLO reply lists them.
-XCLIENT_ATTRIBUTES: Final = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "LOGIN", "DESTADDR", "DESTPORT")
+XCLIENT_ATTRIBUTES: Final = (
+    "NAME",
+    "ADDR",
+    "PORT",
+    "PROTO",
+    "HELO",
+    "LOGIN",
+    "DESTADDR",
+    "DESTPORT",
+)
 #: Values that say "not known" (any case): the attribute becomes None.
 _UNKNOWN_VALUES: Final = frozenset({"[UNAVAILABLE]", "[TEMPUNAVAIL]"})
 _PORT: Final = re.compile(r"[0-9]{1,5}\Z")
@@ -87,6 +96,6 @@ def _check(name: str, value: str) -> str:
         if proto not in ("SMTP", "ESMTP"):
             raise peer_error(501, "5.5.4", "Error: PROTO is SMTP or ESMTP")
         return proto
-    if not value or len(value) > _MAX_NAME or " " in value:
+    if not value or len(value) > _MAX_NAME:
         raise peer_error(501, "5.5.4", f"Error: bad {name} value")
     return value

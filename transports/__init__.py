@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from ._lifecycle import Deadline, Expiry, Lifecycle, Phase, Refusal
     from ._listen import make_ssl_context, parse_address
     from ._logging import LogChannel, log_to_stderr
+    from ._metrics import Metrics, MetricsEndpoint, serve_metrics
+    from ._observer import Observer
     from ._options import App, ServerOptions
     from ._pump import HookCall, Mode, Pump
     from ._server import TRANSPORTS, Runner, Server, serve
@@ -30,7 +32,10 @@ __all__ = [
     "HookCall",
     "Lifecycle",
     "LogChannel",
+    "Metrics",
+    "MetricsEndpoint",
     "Mode",
+    "Observer",
     "Phase",
     "Pump",
     "Refusal",
@@ -42,6 +47,7 @@ __all__ = [
     "parse_address",
     "running_server",
     "serve",
+    "serve_metrics",
 ]
 
 #: Public name -> the private module that defines it.
@@ -56,6 +62,10 @@ _HOMES: dict[str, str] = {
     "Phase": "_lifecycle",
     "Refusal": "_lifecycle",
     "log_to_stderr": "_logging",
+    "Metrics": "_metrics",
+    "MetricsEndpoint": "_metrics",
+    "Observer": "_observer",
+    "serve_metrics": "_metrics",
     "Mode": "_pump",
     "Pump": "_pump",
     "Runner": "_server",

@@ -159,6 +159,31 @@ class _SocketStream(ByteStream):
 
 
 @final
+class _Prefixed(ByteStream):
+    """A stream whose first bytes were read already: what came behind a PROXY header on an
+    implicit-TLS listener, the start of the TLS handshake. `receive()` gives them first."""
+
+    def __init__(self, stream: ByteStream, first: bytes) -> None:
+        self._stream = stream
+        self._first = first
+
+    async def receive(self, max_bytes: int = READ_SIZE) -> bytes:
+        if self._first:
+            data, self._first = self._first[:max_bytes], self._first[max_bytes:]
+            return data
+        return await self._stream.receive(max_bytes)
+
+    async def send(self, item: bytes) -> None:
+        await self._stream.send(item)
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+@final
 class _LoopStream(ByteStream, asyncio.Protocol):
     """The asyncio backend's stream: the accepted socket adopted by the loop's own transport
     (`loop.connect_accepted_socket()`), with this object as its protocol.
@@ -381,9 +406,11 @@ class AnyioRunner(Runner):
             try:
                 async with anyio.create_task_group() as acceptors:
                     for sock in listeners:
-                        acceptors.start_soon(self._accept_loop, sock, False, sessions)
+                        proxy = self.app.proxied(sock.getsockname())
+                        acceptors.start_soon(self._accept_loop, sock, False, sessions, proxy)
                     for sock in tls_listeners:
-                        acceptors.start_soon(self._accept_loop, sock, True, sessions)
+                        proxy = self.app.proxied(sock.getsockname())
+                        acceptors.start_soon(self._accept_loop, sock, True, sessions, proxy)
                     ready()
                     await self._wait_for_stop()
                     acceptors.cancel_scope.cancel()
@@ -402,7 +429,7 @@ class AnyioRunner(Runner):
                 self._wake_r.recv(64)
 
     async def _accept_loop(
-        self, sock: socket.socket, implicit_tls: bool, sessions: TaskGroup
+        self, sock: socket.socket, implicit_tls: bool, sessions: TaskGroup, proxy: bool
     ) -> None:
         while True:
             for _ in range(ACCEPT_BATCH):  # take what is queued, then wait for more
@@ -417,7 +444,7 @@ class AnyioRunner(Runner):
                     else:  # the client gave up before we got to it (ECONNABORTED ...)
                         log.debug("accept failed: %s", exc)
                     continue
-                sessions.start_soon(self._connection, conn, addr, implicit_tls)
+                sessions.start_soon(self._connection, conn, addr, implicit_tls, proxy)
             else:  # a full batch: let the sessions run before accepting more
                 await anyio.lowlevel.checkpoint()
                 continue
@@ -458,7 +485,9 @@ class AnyioRunner(Runner):
             with anyio.move_on_after(max(lifecycle.phase_ends - time.monotonic(), 0.0)):
                 await all_done.wait()
 
-    async def _connection(self, conn: socket.socket, addr: Any, implicit_tls: bool) -> None:
+    async def _connection(
+        self, conn: socket.socket, addr: Any, implicit_tls: bool, proxy: bool
+    ) -> None:
         """The connection task: admission, the session, and cleanup whatever happens."""
         ip, port = str(addr[0]), int(addr[1])  # an IPv6 4-tuple too
         try:
@@ -477,7 +506,7 @@ class AnyioRunner(Runner):
                 return
         else:
             stream = _SocketStream(conn)
-        session = _Session(self, stream, ip, port, implicit_tls)
+        session = _Session(self, stream, ip, port, implicit_tls, proxy)
         self.sessions.add(session)
         try:
             with session.scope:
@@ -510,6 +539,7 @@ class _Session:
         "lost",
         "peer_text",
         "port",
+        "proxy",
         "pump",
         "runner",
         "scope",
@@ -520,9 +550,17 @@ class _Session:
     )
 
     def __init__(
-        self, runner: AnyioRunner, stream: ByteStream, ip: str, port: int, implicit_tls: bool
+        self,
+        runner: AnyioRunner,
+        stream: ByteStream,
+        ip: str,
+        port: int,
+        implicit_tls: bool,
+        proxy: bool = False,
     ) -> None:
         self.runner = runner
+        #: A PROXY header opens the connection (before the TLS handshake, with implicit TLS).
+        self.proxy = proxy
         self.stream: ByteStream = stream
         self.ip = ip
         self.port = port
@@ -555,14 +593,17 @@ class _Session:
         slot = app.lifecycle.admit(self.ip)
         if not isinstance(slot, Refusal):
             self.slot = slot
-        if self.implicit_tls and not await self.handshake():
+        tls_first = self.implicit_tls and not self.proxy  # else the PROXY header comes first
+        if tls_first and not await self.handshake():
             return
         if isinstance(slot, Refusal):
             log.info("refused %s: %s", self.peer_text, slot.value)
             await self.say(app.refusal(slot))
             return
-        pump = self.pump = app.new_session((self.ip, self.port), tls=self.implicit_tls)
-        if self.implicit_tls:
+        pump = self.pump = app.new_session(
+            (self.ip, self.port), tls=self.implicit_tls, proxy=self.proxy, slot=self.slot
+        )
+        if tls_first:
             pump.session.tls_version = self.stream.extra(TLSAttribute.tls_version, None)
         unsent = b""
         with self.timer:
@@ -739,6 +780,9 @@ class _Session:
         return True
 
     async def start_tls(self, pump: Pump) -> None:
+        trailing = pump.trailing_data()
+        if trailing:  # came behind a PROXY header: the handshake's first bytes
+            self.stream = _Prefixed(self.stream, trailing)
         if self.lost or not await self.handshake():
             # Not receive_data(b""): the engine waits for tls_started() and would never close.
             pump.abort(_TLS_FAILED, "tls failed")  # the reply is dropped: no channel for it

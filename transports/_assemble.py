@@ -43,7 +43,7 @@ from ._clierror import CLIError
 from ._command import ServeCommand
 from ._configfile import read_config
 from ._flags import BY_DEST, FLAGS, READY_HANDLERS, SWITCH, Target, format_address, serve_parser
-from ._listen import make_ssl_context
+from ._listen import Address, make_ssl_context
 from ._options import ServerOptions
 
 __all__ = ["Settings", "assemble", "import_handler", "parse_serve", "settings_of"]
@@ -133,8 +133,9 @@ def assemble(settings: Settings, environ: Mapping[str, str]) -> ServeCommand:
         raise s.conflict("anyio_backend", "is for --transport anyio")
     if s.given("tls_key") and not s.given("tls_cert"):
         raise s.conflict("tls_key", "needs --tls-cert")
-    if s.get("tls_listen") and not s.given("tls_cert"):
-        raise s.conflict("tls_listen", "needs --tls-cert (and --tls-key)")
+    for dest in ("tls_listen", "proxy_tls_listen"):
+        if s.get(dest) and not s.given("tls_cert"):
+            raise s.conflict(dest, "needs --tls-cert (and --tls-key)")
     if s.given("metrics") and importlib.util.find_spec("prometheus_client") is None:
         raise s.conflict("metrics", "needs prometheus_client: pip install 'smtpkit[metrics]'")
     if s.given("auth_file") and not s.given("tls_cert") and not s.get("auth_allow_plaintext"):
@@ -159,6 +160,7 @@ def assemble(settings: Settings, environ: Mapping[str, str]) -> ServeCommand:
 
     config = _config(s)
     changes = _fields(s, Target.OPTIONS)
+    changes.update(_listeners(s, warnings))
     tls_files = None
     if s.given("tls_cert"):
         changes["ssl_context"] = _ssl_context(s)
@@ -215,6 +217,32 @@ def _pipeline(s: Settings, deliver: HandlerFactory) -> HandlerFactory:
         where = s.policies[0][1] if s.policies else s.where("handler")
         fix = " (in the file: a [[policy]] of type relay-control, or open_relay = true)"
         raise CLIError(f"{where}: {exc}{fix if 'relay' in str(exc) else ''}") from None
+
+
+def _listeners(s: Settings, warnings: list[str]) -> dict[str, Any]:
+    """The listeners behind a proxy: --proxy-listen and --proxy-tls-listen add them (and
+    replace the default --listen when they are the only listeners given), --proxy-protocol
+    puts every --listen and --tls-listen behind one. Any of them needs --proxy-trusted: a
+    PROXY header from anyone else would let them pose as any client."""
+    plain: tuple[Address, ...] = tuple(s.get("proxy_listen") or ())
+    secure: tuple[Address, ...] = tuple(s.get("proxy_tls_listen") or ())
+    if not (plain or secure or s.get("proxy_protocol")):
+        if s.given("proxy_trusted"):
+            warnings.append("--proxy-trusted does nothing without a PROXY listener")
+        return {}
+    given = next(d for d in ("proxy_protocol", "proxy_listen", "proxy_tls_listen") if s.get(d))
+    if not s.given("proxy_trusted"):
+        raise s.conflict(given, "needs --proxy-trusted CIDR: the networks of the proxies")
+    listen: tuple[Address, ...] = tuple(s.get("listen"))
+    if (plain or secure) and not s.given("listen"):
+        listen = ()
+    tls_listen: tuple[Address, ...] = tuple(s.get("tls_listen") or ())
+    proxied = (*listen, *tls_listen) if s.get("proxy_protocol") else ()
+    return {
+        "listen": (*listen, *plain),
+        "tls_listen": (*tls_listen, *secure),
+        "proxy_listeners": (*proxied, *plain, *secure),
+    }
 
 
 def _fields(settings: Settings, target: Target) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import socket
@@ -90,14 +91,25 @@ class AsyncioRunner(Runner):
         self._loop = loop
         o = self.app.options
         servers: list[asyncio.AbstractServer] = []
+        proxied = self.app.proxied
         try:
             for sock in listeners:
+                proxy = proxied(sock.getsockname())
                 servers.append(
                     await loop.create_server(
-                        lambda: SessionProtocol(self, False), sock=sock, backlog=BACKLOG
+                        functools.partial(SessionProtocol, self, False, proxy),
+                        sock=sock,
+                        backlog=BACKLOG,
                     )
                 )
             for sock in tls_listeners:
+                if proxied(sock.getsockname()):  # the PROXY header comes before the handshake
+                    servers.append(
+                        await loop.create_server(
+                            lambda: SessionProtocol(self, True, True), sock=sock, backlog=BACKLOG
+                        )
+                    )
+                    continue
                 servers.append(
                     await loop.create_server(
                         lambda: SessionProtocol(self, True),
@@ -125,12 +137,13 @@ class AsyncioRunner(Runner):
 
     @staticmethod
     def _route_signals(loop: asyncio.AbstractEventLoop) -> list[signal.Signals]:
-        """Deliver SIGTERM/SIGINT handlers through the loop. uvloop waits in C, where a
-        plain Python signal handler would only run once some other event woke the loop."""
+        """Deliver SIGTERM/SIGINT (and SIGHUP: reload) handlers through the loop. uvloop
+        waits in C, where a plain Python signal handler would only run once some other event
+        woke the loop."""
         if threading.current_thread() is not threading.main_thread():
             return []
         routed = []
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             handler = signal.getsignal(sig)
             if callable(handler) and handler is not signal.default_int_handler:
                 loop.add_signal_handler(sig, handler, sig, None)
@@ -183,9 +196,11 @@ class AsyncioRunner(Runner):
 class SessionProtocol(asyncio.Protocol):
     """One SMTP session. All its state changes happen on the loop thread."""
 
-    def __init__(self, runner: AsyncioRunner, implicit_tls: bool) -> None:
+    def __init__(self, runner: AsyncioRunner, implicit_tls: bool, proxy: bool = False) -> None:
         self.runner = runner
         self.implicit_tls = implicit_tls
+        #: A PROXY header comes first (on an implicit-TLS listener: before the handshake).
+        self.proxy = proxy
         self.transport: asyncio.Transport | None = None
         self.pump: Pump | None = None
         self.ip = ""
@@ -229,10 +244,12 @@ class SessionProtocol(asyncio.Protocol):
         runner.admitted()
         try:
             version = None
-            if self.implicit_tls:
+            if self.implicit_tls and not self.proxy:
                 ssl_object = transport.get_extra_info("ssl_object")
                 version = ssl_object.version() if ssl_object else None
-            self.pump = app.new_session((ip, port), tls=self.implicit_tls, tls_version=version)
+            self.pump = app.new_session(
+                (ip, port), tls=self.implicit_tls, tls_version=version, proxy=self.proxy, slot=slot
+            )
         except Exception:
             log.exception("cannot start a session for [%s]:%d", ip, port)
             transport.abort()
@@ -408,6 +425,9 @@ class SessionProtocol(asyncio.Protocol):
         o = self.runner.app.options
         assert o.ssl_context is not None
         self.handshaking = True
+        trailing = pump.trailing_data()
+        if trailing:  # came behind a PROXY header: the handshake's first bytes
+            loop.call_soon(self.feed_handshake, transport, trailing)
         try:
             new = await loop.start_tls(
                 transport,
@@ -442,6 +462,25 @@ class SessionProtocol(asyncio.Protocol):
         self.reading = True  # a fresh transport reads by default
         self.task = None
         self.resume()
+
+    @staticmethod
+    def feed_handshake(transport: asyncio.Transport, data: bytes) -> None:
+        """Hand `data`, read before the handshake began, to the TLS protocol that start_tls()
+        just put on `transport` (scheduled before start_tls() runs, so it comes first: the
+        protocol buffers it until its connection_made() starts the handshake). It is given as
+        the transport would give it: asyncio's and uvloop's TLS protocols are buffered."""
+        protocol = cast(asyncio.BufferedProtocol, transport.get_protocol())
+        if isinstance(protocol, SessionProtocol) or not hasattr(protocol, "buffer_updated"):
+            log.error("cannot hand the TLS handshake its first bytes; dropping the connection")
+            transport.abort()
+            return
+        view = memoryview(data)
+        while view:
+            buffer = memoryview(protocol.get_buffer(len(view)))
+            size = min(len(buffer), len(view))
+            buffer[:size] = view[:size]
+            protocol.buffer_updated(size)
+            view = view[size:]
 
     def finish_quietly(self) -> None:
         """Run the session to its end (so the close hook runs) without a live transport."""

@@ -33,16 +33,14 @@ from ._configfile import read_config
 from ._flags import PROG, ArgumentParser, add_serve_arguments, format_address
 from ._listen import Address
 from ._logging import LogChannel, LogFormat, log_to_stderr
-from ._options import App
 from ._observer import Observer
+from ._options import App
 from ._processes import run_processes
 from ._reload import reload_server
 from ._server import Server
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
-
-    from ._metrics import MetricsEndpoint
+    from ._metrics import Metrics, MetricsEndpoint
 
 __all__ = [
     "CLIError",
@@ -211,8 +209,9 @@ def run_serve(
         raise CLIError(
             f"the {command.transport} transport is not available: {exc}", Exit.FAILURE
         ) from None
-    # Bound before --user drops root.
-    endpoint = None if metrics is None else _serve_metrics(metrics.registry, command.metrics)
+    endpoint = None  # bound before --user drops root
+    if metrics is not None and command.metrics is not None:
+        endpoint = _serve_metrics(command.metrics, metrics)
     _log_start(command)
     # Server.serve_forever() turns SIGTERM into a graceful stop once it runs; until then (and
     # once it is over), SIGTERM just ends the program quietly, with status 0.
@@ -279,7 +278,7 @@ def _serve_processes(command: ServeCommand, reload: Callable[[], ServeCommand] |
             _error(str(exc))
             return exc.status
 
-    def fork() -> int:
+    def fork(started: Callable[[], None] | None = None) -> int:
         try:
             return run_processes(
                 command.processes, options.listen, options.tls_listen, child, started=started
@@ -287,34 +286,32 @@ def _serve_processes(command: ServeCommand, reload: Callable[[], ServeCommand] |
         except OSError as exc:
             raise CLIError(f"cannot listen: {exc.strerror or exc}", Exit.FAILURE) from None
 
-    endpoints: list[MetricsEndpoint] = []
-
-    def started() -> None:
-        if command.metrics is not None and folder is not None:
-            from ._metrics import multiprocess_registry
-
-            endpoints.append(_serve_metrics(multiprocess_registry(folder), command.metrics))
-
-    folder = None
-    if command.metrics is None:
+    address = command.metrics
+    if address is None:
         return fork()
     from ._metrics import multiprocess_folder
 
+    endpoints: list[MetricsEndpoint] = []
     owner = None if command.user is None else _owner(command.user)
     with multiprocess_folder(owner) as folder:
+
+        def started() -> None:  # in the parent, after the forks: the children lack its socket
+            endpoints.append(_serve_metrics(address, folder))
+
         try:
-            return fork()
+            return fork(started)
         finally:
             for endpoint in endpoints:
                 endpoint.close()
 
 
-def _serve_metrics(registry: CollectorRegistry, address: Address) -> MetricsEndpoint:
-    """The /metrics endpoint of `registry` on `address`; CLIError when it cannot listen."""
-    from ._metrics import MetricsEndpoint
+def _serve_metrics(address: Address, source: Metrics | str) -> MetricsEndpoint:
+    """/metrics on `address`, of `source`: a Metrics, or the multiprocess folder of the
+    children of --processes. CLIError when it cannot listen."""
+    from ._metrics import serve_metrics
 
     try:
-        return MetricsEndpoint(registry, address)
+        return serve_metrics(source, address)
     except OSError as exc:
         raise CLIError(
             f"--metrics {format_address(address)}: cannot listen: {exc.strerror or exc}",

@@ -343,6 +343,36 @@ def _flags() -> tuple[Flag, ...]:
             "--tls-key", FILE, Group.LISTENING, "private key (PEM), if not in the --tls-cert file"
         ),
         Flag(
+            "--proxy-protocol",
+            SWITCH,
+            Group.LISTENING,
+            "every --listen and --tls-listen is behind a proxy that opens each connection with "
+            "a PROXY header (v1 or v2, before TLS); needs --proxy-trusted",
+        ),
+        Flag(
+            "--proxy-listen",
+            _address(25),
+            Group.LISTENING,
+            "plain SMTP listener behind a proxy (PROXY header first), repeatable",
+            repeat=True,
+        ),
+        Flag(
+            "--proxy-tls-listen",
+            _address(465),
+            Group.LISTENING,
+            "implicit TLS listener behind a proxy (PROXY header, then TLS), repeatable",
+            repeat=True,
+        ),
+        Flag(
+            "--proxy-trusted",
+            _network(),
+            Group.LISTENING,
+            "network of the proxies, repeatable; a PROXY listener closes connections from "
+            "anywhere else without a word",
+            Target.OPTIONS,
+            repeat=True,
+        ),
+        Flag(
             "--hostname",
             _text("NAME"),
             Group.LISTENING,
@@ -496,6 +526,15 @@ def _flags() -> tuple[Flag, ...]:
             Group.AUTH,
             "offer AUTH without TLS too (for a local catcher)",
             Target.CONFIG,
+        ),
+        Flag(
+            "--xclient-trusted",
+            _network(),
+            Group.AUTH,
+            "clients that may send XCLIENT (Postfix's) to say who the real client is, "
+            "repeatable; others are not offered it",
+            Target.CONFIG,
+            repeat=True,
         ),
         # protocol and limits
         Flag(

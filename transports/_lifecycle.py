@@ -6,9 +6,9 @@ decisions onto their I/O (a timer, a sweep, a cancel scope). The anchor is Postf
 - **Per-record deadlines** (`smtpd_per_record_deadline`): a command line must be complete
   within `timeout` of its first byte, so trickling bytes never extends it. While nothing is
   pending, the session may idle for `timeout` from the moment it began to wait.
-- **Message content** (`smtpd_min_data_rate`): from the start of the content (`t0`: the
-  end of data's wait began, after 354 or a BDAT command), with `B` bytes of it received so
-  far and `M` the engine's `Config.max_message_size`, the content deadline is
+- **Message content** (`smtpd_min_data_rate`): from the start of the content (`t0`: when
+  the engine began to wait for it, after the 354 or a BDAT command), with `B` bytes of it
+  received so far and `M` the engine's `Config.max_message_size`, the content deadline is
 
       t0 + data_timeout + min(B, M) / min_data_rate
 
@@ -151,7 +151,10 @@ class Lifecycle:
         self.clock = clock
         #: Told of every admission, refusal and release (metrics), when set.
         self.observer = observer
-        self.limits = ConnectionLimits(options.max_connections, options.max_per_ip)
+        # A trusted proxy carries other clients: they are counted once its header names them.
+        self.limits = ConnectionLimits(
+            options.max_connections, options.max_per_ip, exempt=options.proxy_trusted
+        )
         self._stress_at = math.floor(options.max_connections * STRESS_SHARE) + 1
         #: True while more than 80% of the slots are in use.
         self.stress = False
@@ -187,6 +190,16 @@ class Lifecycle:
         if self.observer is not None:
             self.observer.refused(refusal.value)
         return refusal
+
+    def readmit(self, slot: Slot, ip: str) -> Refusal | None:
+        """Count `slot` under `ip` from now on: the client a PROXY header named, in place of
+        the proxy's address. A refusal (and no change) if `ip` is at its per-IP limit."""
+        if slot.released or slot.ip == ip:
+            return None
+        if not self.limits.move(slot.ip, ip):
+            return self._refuse(Refusal.TOO_MANY_FROM_IP)
+        slot.ip = ip
+        return None
 
     def release(self, slot: Slot | None) -> None:
         """Free `slot` (once; None and a released slot are ignored)."""

@@ -15,30 +15,51 @@ import logging
 import queue
 import sys
 import threading
+from collections.abc import Mapping
 from typing import Final, TextIO, final
 
-__all__ = ["QUEUE_SIZE", "JsonFormatter", "LogChannel", "LogFormat", "log_to_stderr"]
+__all__ = [
+    "FIELDS",
+    "QUEUE_SIZE",
+    "JsonFormatter",
+    "LogChannel",
+    "LogFormat",
+    "fields",
+    "log_to_stderr",
+]
 
 #: Records waiting for the writer before new ones are dropped.
 QUEUE_SIZE: Final = 10_000
 #: How long `close()` waits for the writer to flush the queue.
 CLOSE_WAIT: Final = 1.0
 _TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: The LogRecord attribute holding a line's fields (see `fields()`).
+FIELDS: Final = "smtpkit_fields"
+
+
+def fields(values: Mapping[str, object]) -> dict[str, Mapping[str, object]]:
+    """The `extra=` of a log call whose line has fields (`from=<...> nrcpt=1`): a JSON line
+    carries each as a key of its own, next to the message that shows them as text."""
+    return {FIELDS: values}
 
 
 @final
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line (`time`, `level`, `logger`, `message`, and `traceback` when
-    there is one), for log collectors. Client values are already escaped in the message; JSON
-    quoting keeps any line break inside the string."""
+    """One JSON object per line (`time`, `level`, `logger`, `message`, the line's fields as
+    keys of their own, and `traceback` when there is one), for log collectors. Client values
+    are already escaped in the message and the fields; JSON quoting keeps any line break
+    inside the string."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, object] = {
             "time": self.formatTime(record),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
+        extra: Mapping[str, object] | None = getattr(record, FIELDS, None)
+        if extra:
+            entry.update((key, value) for key, value in extra.items() if key not in entry)
         if record.exc_info:
             entry["traceback"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 from ._listen import Address
 
@@ -202,7 +202,8 @@ class MetricsEndpoint:
 
         host, port = address
         self._httpd, self._thread = start_http_server(port, host, registry=registry)
-        self.address: Address = self._httpd.server_address[:2]
+        bound = self._httpd.server_address
+        self.address: Address = (str(bound[0]), int(bound[1]))
         shown = f"[{self.address[0]}]" if ":" in self.address[0] else self.address[0]
         log.info("metrics on http://%s:%d/metrics", shown, self.address[1])
 
@@ -212,9 +213,12 @@ class MetricsEndpoint:
         self._thread.join()
 
 
-def serve_metrics(metrics: Metrics, address: Address) -> MetricsEndpoint:
-    """Serve `metrics` over HTTP on `address` (port 0: a free port, logged)."""
-    return MetricsEndpoint(metrics.registry, address)
+def serve_metrics(source: Metrics | str, address: Address) -> MetricsEndpoint:
+    """Serve `source` over HTTP on `address` (port 0: a free port, logged): a Metrics, or
+    the sum of the processes counting into a `multiprocess_folder()`."""
+    if isinstance(source, Metrics):
+        return MetricsEndpoint(source.registry, address)
+    return MetricsEndpoint(_multiprocess_registry(source), address)
 
 
 @contextlib.contextmanager
@@ -243,16 +247,16 @@ def multiprocess_folder(owner: tuple[int, int] | None = None) -> Iterator[str]:
 def _choose_value_class() -> None:
     """prometheus_client picks where values live (memory, or files) from the environment when
     it is imported; when it was imported already (a program that embeds the CLI), pick again."""
-    values = sys.modules.get("prometheus_client.values")
+    values: Any = sys.modules.get("prometheus_client.values")
     if values is not None:
         values.ValueClass = values.get_value_class()
 
 
-def multiprocess_registry(folder: str) -> CollectorRegistry:
+def _multiprocess_registry(folder: str) -> CollectorRegistry:
     """A registry that reads the metric files of every child under `folder`."""
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=folder)
+    MultiProcessCollector(registry, path=folder)  # type: ignore[no-untyped-call]
     return registry

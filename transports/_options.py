@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import logging
 import ssl
 from dataclasses import dataclass, field
 from typing import Final, final
@@ -10,13 +12,15 @@ from typing import Final, final
 from smtp_core import Config, Reply, ServerConnection, format_reply
 from smtpkit.handlers import Handler, HandlerFactory
 
-from ._lifecycle import Lifecycle, Refusal
-from ._limits import ConnectionLimits
+from ._lifecycle import Lifecycle, Refusal, Slot
+from ._limits import ConnectionLimits, in_networks
 from ._observer import Observer
 from ._pump import HookPlan, Pump, plan_for
 from ._spool import DEFAULT_MAX_BYTES, DEFAULT_THRESHOLD, Spooler
 
 __all__ = ["LINGER", "App", "ServerOptions"]
+
+log = logging.getLogger("smtpkit")
 
 Address = tuple[str, int]
 
@@ -78,6 +82,14 @@ class ServerOptions:
     anyio_backend: str = "asyncio"
     #: The asyncio transport uses uvloop when installed, unless this is False.
     uvloop: bool = True
+    #: Listeners (of `listen` and `tls_listen`) behind a proxy that opens each connection
+    #: with a PROXY protocol header (v1 or v2), which names the client; on a `tls_listen`
+    #: listener the header comes before the TLS handshake.
+    proxy_listeners: tuple[Address, ...] = ()
+    #: Networks (CIDR) of those proxies: a connection to a proxy listener from anywhere else
+    #: is closed without a word. Required with `proxy_listeners`; these addresses are also
+    #: exempt from `max_per_ip` (their clients are counted once the header names them).
+    proxy_trusted: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.tls_listen and self.ssl_context is None:
@@ -103,6 +115,16 @@ class ServerOptions:
             raise ValueError("spool_threshold and spool_max_bytes must be >= 0")
         if self.anyio_backend not in ("asyncio", "trio"):
             raise ValueError("anyio_backend is 'asyncio' or 'trio'")
+        for address in self.proxy_listeners:
+            if address not in self.listen and address not in self.tls_listen:
+                raise ValueError(f"proxy listener {address} is not in listen or tls_listen")
+        if self.proxy_listeners and not self.proxy_trusted:
+            raise ValueError(
+                "the PROXY protocol needs proxy_trusted (--proxy-trusted CIDR): the proxies'"
+                " networks; nobody else may name a client"
+            )
+        for cidr in self.proxy_trusted:
+            ipaddress.ip_network(cidr, strict=False)  # ValueError for a bad one
 
 
 @final
@@ -128,8 +150,12 @@ class App:
             max_bytes=options.spool_max_bytes,
             observer=observer,
         )
-        self._configs: dict[bool, Config] = {}  # keyed by whether the handler checks AUTH
+        #: Keyed by whether the handler checks AUTH and whether a PROXY header comes first.
+        self._configs: dict[tuple[bool, bool], Config] = {}
         self._refusals: dict[Refusal, bytes] = {}
+        #: The bound (host, port) of each listener of `options.proxy_listeners`, filled in by
+        #: the Server as it binds them.
+        self.proxy_bound: set[Address] = set()
 
     def reload(self, factory: HandlerFactory, options: ServerOptions) -> None:
         """Serve new sessions with `factory` and `options` (SIGHUP); sessions in flight keep
@@ -154,27 +180,48 @@ class App:
             return inner
         return type(factory())
 
-    def config_for(self, plan: HookPlan) -> Config:
-        """The session Config: STARTTLS when we have TLS, AUTH when the handler checks it."""
-        config = self._configs.get(plan.offers_auth)
+    def config_for(self, plan: HookPlan, proxy: bool = False) -> Config:
+        """The session Config: STARTTLS when we have TLS, AUTH when the handler checks it, the
+        PROXY header first on a proxy listener."""
+        key = (plan.offers_auth, proxy)
+        config = self._configs.get(key)
         if config is None:
             base = self.options.config
-            changes: dict[str, object] = {"tls_available": self.options.ssl_context is not None}
+            changes: dict[str, object] = {
+                "tls_available": self.options.ssl_context is not None,
+                "proxy_protocol": proxy,
+            }
             if plan.offers_auth and not base.auth_mechanisms:
                 changes["auth_mechanisms"] = ("PLAIN", "LOGIN")
             elif not plan.offers_auth:
                 changes["auth_mechanisms"] = ()
-            config = self._configs[plan.offers_auth] = dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+            config = self._configs[key] = dataclasses.replace(base, **changes)  # type: ignore[arg-type]
         return config
 
+    def proxied(self, sockname: tuple[object, ...]) -> bool:
+        """Whether the listener bound to `sockname` (its getsockname()) expects a PROXY
+        header before each connection's own bytes."""
+        return tuple(sockname[:2]) in self.proxy_bound
+
     def new_session(
-        self, peer: Address | None, *, tls: bool = False, tls_version: str | None = None
+        self,
+        peer: Address | None,
+        *,
+        tls: bool = False,
+        tls_version: str | None = None,
+        proxy: bool = False,
+        slot: Slot | None = None,
     ) -> Pump:
-        """A session for a new connection; `tls`/`tls_version` for implicit TLS (SMTPS)."""
+        """A session for a new connection; `tls`/`tls_version` for implicit TLS (SMTPS).
+
+        `proxy`: it came to a proxy listener, so a PROXY header comes first (and with `tls`,
+        the TLS handshake after it); from outside `proxy_trusted` it is closed at once, with
+        no greeting. `slot`: its place in the limits, moved to the client the header names."""
         handler = self.factory()
         plan = plan_for(handler)
-        conn = ServerConnection(self.config_for(plan), peer, tls=tls, auto_accept=plan.auto_accept)
-        return Pump(
+        config = self.config_for(plan, proxy)
+        conn = ServerConnection(config, peer, tls=tls, auto_accept=plan.auto_accept)
+        pump = Pump(
             conn,
             handler,
             lifecycle=self.lifecycle,
@@ -182,7 +229,12 @@ class App:
             tls_version=tls_version,
             spooler=self.spooler,
             observer=self.observer,
+            slot=slot,
         )
+        if proxy and not in_networks(peer[0] if peer else "", self.options.proxy_trusted):
+            log.info("%s is not a trusted proxy (--proxy-trusted): closed", pump.peer_text)
+            pump.abort(None, "untrusted proxy")
+        return pump
 
     def refusal(self, reason: Refusal) -> bytes:
         """The 421 for a client turned away before a session is made (a connection limit, a

@@ -2,7 +2,7 @@
 
 The kernel spreads new connections across the processes' listeners, so a server can use every
 core. The parent only supervises: it fixes the ports first (so that "port 0" means one free
-port for all), forks, forwards SIGTERM/SIGINT, and reaps.
+port for all), forks, forwards SIGTERM/SIGINT (and SIGHUP: reload), and reaps.
 """
 
 from __future__ import annotations
@@ -42,9 +42,14 @@ def run_processes(
     listen: tuple[Address, ...],
     tls_listen: tuple[Address, ...],
     child: Callable[[tuple[Address, ...], tuple[Address, ...]], int],
+    *,
+    started: Callable[[], None] | None = None,
 ) -> int:
     """Fork `count` children running `child(listen, tls_listen)` with the resolved ports;
-    return 0 after a requested shutdown, else the first failing child's status."""
+    return 0 after a requested shutdown, else the first failing child's status. `started()`
+    runs in the parent once every child is forked; if it raises, the children are stopped
+    and the exception goes on. SIGHUP reaches every child (each ignores it until it can
+    reload)."""
     plain, plain_holders = _reserve(listen)
     secure, secure_holders = _reserve(tls_listen)
     children: dict[int, int] = {}  # pid -> index
@@ -57,7 +62,13 @@ def run_processes(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
+    def forward_hup(signum: int, frame: types.FrameType | None) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, forward_hup)
     status = 0
     try:
         for index in range(count):
@@ -67,6 +78,7 @@ def run_processes(
                 try:
                     for sig, handler in previous.items():
                         signal.signal(sig, handler)
+                    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the child's own handler later
                     for sock in (*plain_holders, *secure_holders):
                         sock.close()
                     code = child(tuple(plain), tuple(secure))
@@ -79,6 +91,15 @@ def run_processes(
         log.info("started %d server processes: %s", count, " ".join(map(str, children)))
         for sock in (*plain_holders, *secure_holders):
             sock.close()
+        if started is not None:
+            try:
+                started()
+            except BaseException:
+                forward(signal.SIGTERM, None)
+                for pid in list(children):
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(pid, 0)
+                raise
         while children:
             try:
                 pid, wait_status = os.wait()

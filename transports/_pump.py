@@ -65,7 +65,8 @@ from smtpkit.handlers import (
 )
 from smtpkit.handlers._trace import log_escape, received_header
 
-from ._lifecycle import Deadline, Lifecycle, SessionClock
+from ._lifecycle import Deadline, Lifecycle, SessionClock, Slot
+from ._logging import fields
 from ._observer import Observer
 from ._spool import Spool, Spooler
 
@@ -225,8 +226,15 @@ class Pump:
         queue_id: Callable[[], str] = new_queue_id,
         spooler: Spooler | None = None,
         observer: Observer | None = None,
+        slot: Slot | None = None,
     ) -> None:
         self.conn = conn
+        #: The connection's place in the limits: moved to the client a PROXY header names.
+        self.slot = slot
+        #: The proxy a PROXY header comes from, as logged; None when there is none.
+        self._via = self.peer_text if conn.state is State.PROXY else None
+        #: The client the last `Connected` was for, as logged (XCLIENT starts over as another).
+        self._connected_as: str | None = None
         self.handler = handler
         self.plan = plan_for(handler)
         self.session = Session(conn, tls_version)
@@ -289,7 +297,7 @@ class Pump:
                 self.clock.waiting(content=self._reading_content())
                 return NEED_DATA
             if event is Signal.PAUSED:
-                if self.conn.state is State.STARTTLS:
+                if self.conn.state is State.STARTTLS or self.conn.state is State.HANDSHAKE:
                     self.clock.handshake_started()
                     return START_TLS
                 raise LocalProtocolError("engine paused with no hook running")
@@ -341,9 +349,16 @@ class Pump:
         log.warning("%s: no worker for hook %s(): too many stuck hooks", self.peer_text, name)
         self._give_up(_UNAVAILABLE, _WELCOME_UNAVAILABLE)
 
+    def trailing_data(self) -> bytes:
+        """At START_TLS, what the engine read that belongs to the handshake: the bytes that
+        came right behind the PROXY header on an implicit-TLS proxy listener (b"" after
+        STARTTLS). Hand them to TLS before anything read from the socket."""
+        return self.conn.trailing_data
+
     def tls_started(self, version: str | None = None) -> None:
-        """The STARTTLS handshake finished. Call it before feeding any byte that arrived over
-        TLS: the engine drops (or refuses) bytes fed while it waits for the handshake."""
+        """The STARTTLS handshake (or the one after a PROXY header) finished. Call it before
+        feeding any byte that arrived over TLS: the engine drops (or refuses) bytes fed while
+        it waits for the handshake."""
         self.session.tls_version = version
         self.conn.tls_started()
         self.clock.handshake_ended()
@@ -366,7 +381,7 @@ class Pump:
 
     def timeout_expired(self) -> bytes:
         """421 4.4.2 and close: the peer was too slow."""
-        log.info("%s: timeout", self.peer_text)
+        log.info("%s: timeout", self.peer_text, extra=fields({"peer": self.peer_text}))
         return self.abort(
             Reply(
                 code=421,
@@ -462,8 +477,24 @@ class Pump:
             return None
         return call
 
-    def _connected(self) -> tuple[HookArg, ...]:
-        log.info("connect from %s", self.peer_text)
+    def _connected(self) -> tuple[HookArg, ...] | Reply:
+        peer, before = self.peer_text, self._connected_as
+        self._connected_as = peer
+        if before is not None:  # XCLIENT: the session starts over for the client it names
+            log.info("%s: XCLIENT as %s", before, peer, extra=fields({"peer": before, "as": peer}))
+            return (self.session.client_ip,)
+        if self._via is None:
+            log.info("connect from %s", peer, extra=fields({"peer": peer}))
+            return (self.session.client_ip,)
+        via = self._via
+        log.info("connect from %s via %s", peer, via, extra=fields({"peer": peer, "via": via}))
+        if self.slot is not None:  # the per-IP limit counts the client, not the proxy
+            refusal = self.lifecycle.readmit(self.slot, self.session.client_ip)
+            if refusal is not None:
+                log.info("refused %s: %s", peer, refusal.value, extra=fields({"peer": peer}))
+                self.close_reason = refusal.value
+                text = f"{self.conn.config.hostname} Error: {refusal.value}"
+                return Reply(code=421, text=(text,), enhanced="4.7.0")
         return (self.session.client_ip,)
 
     def _message_arrived(self, event: Event) -> tuple[HookArg, ...] | Reply:
@@ -486,11 +517,13 @@ class Pump:
     def _aborted(self, event: Event) -> tuple[HookArg, ...]:
         assert type(event) is MessageAborted
         if self._spool is not None:
+            peer, size, reason = self.peer_text, self._spool.size, event.reason.value
             log.info(
                 "%s: message aborted after %d bytes: %s",
-                self.peer_text,
-                self._spool.size,
-                event.reason.value,
+                peer,
+                size,
+                reason,
+                extra=fields({"peer": peer, "size": size, "reason": reason}),
             )
         self._drop_spool()
         return ()
@@ -502,7 +535,8 @@ class Pump:
 
     def _closed(self, event: Event) -> tuple[HookArg, ...]:
         assert type(event) is Closed
-        self.close_reason = self.close_reason or event.reason.value
+        error = self.conn.proxy_error  # say which: missing, malformed or too long
+        self.close_reason = self.close_reason or (error or event.reason).value
         return ()
 
     def _finish(self, event: Event, result: HookResult | None) -> None:
@@ -538,14 +572,18 @@ class Pump:
             result = Accept(f"Ok: queued as {qid}")
         if isinstance(result, Accept):
             self.messages += 1
+        line = {
+            "queue_id": qid,
+            "from": log_escape(event.sender),
+            "nrcpt": len(event.recipients),
+            "size": event.size,
+            "peer": self.peer_text,
+            "decision": _describe(result),
+        }
         log.info(
             "%s: from=<%s> nrcpt=%d size=%d peer=%s decision=%s",
-            qid,
-            log_escape(event.sender),
-            len(event.recipients),
-            event.size,
-            self.peer_text,
-            _describe(result),
+            *line.values(),
+            extra=fields(line),
         )
         return result
 
@@ -570,12 +608,16 @@ class Pump:
             lost = self._lost_at if self.close_reason in _LOST else None
             stage = None if lost is None else lost.value.lower()
             self.observer.session_closed(self.close_reason, stage)
+        line = {
+            "peer": self.peer_text,
+            "reason": self.close_reason,
+            "messages": self.messages,
+            "duration": round(self.lifecycle.clock() - self._started, 3),
+        }
         log.info(
             "disconnect from %s reason=%s messages=%d duration=%.3fs",
-            self.peer_text,
-            self.close_reason,
-            self.messages,
-            self.lifecycle.clock() - self._started,
+            *line.values(),
+            extra=fields(line),
         )
 
 

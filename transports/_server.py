@@ -133,9 +133,9 @@ class Server:
     def _bind(self) -> tuple[list[socket.socket], list[socket.socket]]:
         o = self.options
         raise_open_file_limit(o.max_connections, o.workers)
-        plain = bind(o.listen, reuse_port=o.reuse_port)
+        plain = self._bind_each(o.listen)
         try:
-            secure = bind(o.tls_listen, reuse_port=o.reuse_port)
+            secure = self._bind_each(o.tls_listen)
         except BaseException:
             for sock in plain:
                 sock.close()
@@ -152,6 +152,22 @@ class Server:
                 sock.close()
             raise
         return plain, secure
+
+    def _bind_each(self, addresses: tuple[Address, ...]) -> list[socket.socket]:
+        """bind() the addresses in turn, noting in the App which sockets are proxy listeners
+        (a host name may bind several)."""
+        sockets: list[socket.socket] = []
+        try:
+            for address in addresses:
+                group = bind((address,), reuse_port=self.options.reuse_port)
+                sockets += group
+                if address in self.options.proxy_listeners:
+                    self.app.proxy_bound.update(sock.getsockname()[:2] for sock in group)
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
+        return sockets
 
     def start(self) -> Server:
         """Bind, start serving in a thread, and return once connections are accepted."""

@@ -68,18 +68,20 @@ class Spooler:
         self.max_bytes = max_bytes
         #: Told the bytes on disk after each change (metrics), when set.
         self.observer = observer
-        #: Where instance folders go: `folder`, or smtpkit-spool-<uid> in the system temp dir.
-        self.parent = (
-            Path(folder)
-            if folder is not None
-            else Path(tempfile.gettempdir()) / f"smtpkit-spool-{os.getuid()}"
-        )
-        self._private_parent = folder is None
+        self._option = Path(folder) if folder is not None else None
         self._folder: Path | None = None
         self._lock_fd = -1
         self._used = 0
         self._names = itertools.count()
         self._mutex = threading.Lock()
+
+    @property
+    def parent(self) -> Path:
+        """Where instance folders go: the `folder` given, or smtpkit-spool-<uid> in the system
+        temp dir, for the user the server runs as (asked when needed: after `--user`)."""
+        if self._option is not None:
+            return self._option
+        return Path(tempfile.gettempdir()) / f"smtpkit-spool-{os.getuid()}"
 
     @property
     def folder(self) -> Path | None:
@@ -102,7 +104,11 @@ class Spooler:
         OSError when the spool directory cannot be used."""
         with self._mutex:
             if self._folder is None:
-                self._make_folder()
+                try:
+                    self._make_folder()
+                except OSError as exc:
+                    why = f"cannot use the spool directory {self.parent}: {exc.strerror or exc}"
+                    raise OSError(exc.errno, why) from exc
 
     def stop(self) -> None:
         """Remove this instance's folder and everything in it."""
@@ -117,7 +123,7 @@ class Spooler:
     def _make_folder(self) -> None:
         parent = self.parent
         parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self._private_parent:
+        if self._option is None:
             _check_private(parent)
         new = Path(tempfile.mkdtemp(prefix=_NEW_PREFIX, dir=parent))
         fd = os.open(new, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

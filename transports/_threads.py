@@ -83,11 +83,13 @@ class _TLS:
 
 @final
 class _Listener:
-    __slots__ = ("sock", "tls")
+    __slots__ = ("proxy", "sock", "tls")
 
-    def __init__(self, sock: socket.socket, tls: bool) -> None:
+    def __init__(self, sock: socket.socket, tls: bool, proxy: bool) -> None:
         self.sock = sock
         self.tls = tls
+        #: A PROXY header opens each connection (before the TLS handshake on an SMTPS one).
+        self.proxy = proxy
 
 
 @final
@@ -208,8 +210,9 @@ class ThreadsRunner(Runner):
         tls_listeners: list[socket.socket],
         ready: Callable[[], None],
     ) -> None:
-        self._listeners = [_Listener(s, False) for s in listeners]
-        self._listeners += [_Listener(s, True) for s in tls_listeners]
+        proxied = self.app.proxied
+        self._listeners = [_Listener(s, False, proxied(s.getsockname())) for s in listeners]
+        self._listeners += [_Listener(s, True, proxied(s.getsockname())) for s in tls_listeners]
         try:
             self._sel.register(self._wake_r, _READ, _WAKE)
             for listener in self._listeners:
@@ -329,14 +332,14 @@ class ThreadsRunner(Runner):
                 log.error("accept() failed: %s; not accepting for %.1fs", exc, _ACCEPT_PAUSE)
                 self._pause_accepting(time.monotonic() + _ACCEPT_PAUSE)
                 return
-            self._admit(sock, (addr[0], addr[1]), listener.tls)
+            self._admit(sock, (addr[0], addr[1]), listener.tls, listener.proxy)
 
-    def _admit(self, sock: socket.socket, peer: tuple[str, int], tls: bool) -> None:
+    def _admit(self, sock: socket.socket, peer: tuple[str, int], tls: bool, proxy: bool) -> None:
         slot = self._lifecycle.admit(peer[0])
         if isinstance(slot, Refusal):
             log.info("refused connection from [%s]:%d: %s", peer[0], peer[1], slot.value)
             refusal = self.app.refusal(slot)
-            if not tls:
+            if not tls or proxy:
                 try:  # noqa: SIM105
                     sock.send(refusal, socket.MSG_DONTWAIT)
                 except OSError:
@@ -352,12 +355,12 @@ class ThreadsRunner(Runner):
             sock.setblocking(False)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if tls:
+            if tls and not proxy:
                 handshake = self._lifecycle.peer_timeout(self._handshake_timeout)
                 self._set_deadline(c, time.monotonic() + handshake)
                 self._start_tls(c)
-            else:
-                c.pump = self.app.new_session(peer)
+            else:  # behind a proxy, the session reads the header before any handshake
+                c.pump = self.app.new_session(peer, tls=tls, proxy=proxy, slot=c.slot)
                 c.started = True
                 self._drive(c)
         except Exception:
@@ -576,6 +579,8 @@ class ThreadsRunner(Runner):
         if context is None:
             raise RuntimeError("TLS requested without an ssl_context")
         c.tls = _TLS(context)
+        if c.started:  # what came behind a PROXY header belongs to the handshake
+            c.tls.incoming.write(c.pump.trailing_data())
         c.phase = _HANDSHAKE
         self._handshake(c)
 
@@ -613,7 +618,7 @@ class ThreadsRunner(Runner):
         if c.started:
             c.pump.tls_started(version)
         else:
-            c.pump = self.app.new_session(c.peer, tls=True, tls_version=version)
+            c.pump = self.app.new_session(c.peer, tls=True, tls_version=version, slot=c.slot)
             c.started = True
         if self._tls_read(c):  # what the client sent right behind its Finished
             self._drive(c)

@@ -187,9 +187,12 @@ class AuthState:
         return [r for r in done if r is not None]
 
 
-def spf_key(ctx: Context) -> tuple[str, str, str]:
-    """What an SPF result depends on: the client's address, its HELO name, the sender."""
-    return (ctx.session.client_ip, ctx.session.helo_name or "", ctx.envelope.sender or "")
+def spf_key(ctx: Context, sender: str | None = None) -> tuple[str, str, str]:
+    """What an SPF result depends on: the client's address, its HELO name, the sender. The
+    MAIL hook gives its `sender`: the envelope has it only once MAIL is accepted."""
+    if sender is None:
+        sender = ctx.envelope.sender or ""
+    return (ctx.session.client_ip, ctx.session.helo_name or "", sender)
 
 
 def read_whole(message: Message, max_scan_size: int) -> bytes | None:

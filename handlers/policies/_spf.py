@@ -112,10 +112,10 @@ def check_spf(found: Resolver, client_ip: str, helo: str, sender: str) -> tuple[
     return MethodResult("spf", result, reason, (identity,)), domain
 
 
-def spf_result(ctx: Context, found: Resolver) -> MethodResult:
-    """This transaction's SPF result, checked once."""
+def spf_result(ctx: Context, found: Resolver, sender: str | None = None) -> MethodResult:
+    """This transaction's SPF result, checked once (`sender`: the MAIL hook's, see spf_key)."""
     state = AuthState.of(ctx)
-    key = spf_key(ctx)
+    key = spf_key(ctx, sender)
     if state.spf_for != key or state.spf is None:
         state.spf, state.spf_domain = check_spf(found, *key)
         state.spf_for = key
@@ -146,7 +146,7 @@ class Spf(AuthPolicy):
     def mail(self, ctx: Context, sender: str, params: MailParams) -> PolicyResult:
         if ctx.session.user is not None:
             return None
-        found = spf_result(ctx, self.resolver)
+        found = spf_result(ctx, self.resolver, sender)
         action = self.actions.get(found.result, Action.ACCEPT)
         domain = AuthState.of(ctx).spf_domain
         if found.result is Result.TEMPERROR:

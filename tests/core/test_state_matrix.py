@@ -59,6 +59,8 @@ COMMANDS: dict[str, bytes] = {
     "STARTTLS": b"STARTTLS\r\n",
     "AUTH": PLAIN + b"\r\n",
     "QUIT": b"QUIT\r\n",
+    # FULL trusts nobody with XCLIENT: 500 (the rest is in tests/core/test_xclient.py).
+    "XCLIENT": b"XCLIENT ADDR=192.0.2.1\r\n",
     "unknown": b"XYZZY\r\n",
 }
 
@@ -80,6 +82,7 @@ EXPN      503     502     502   502  502  502
 STARTTLS  503     220     220   503  503  503
 AUTH      503     503     235   503  503  503
 QUIT      221     221     221   221  221  221
+XCLIENT   503     500     500   503  503  503
 unknown   503     500     500   500  500  500
 """
 

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -120,7 +121,8 @@ def tls_files(tls: Tls) -> dict[str, Path]:
 
 class Postfix:
     """A private Postfix instance (its own config, queue and mail folders under `root`),
-    listening on 127.0.0.1:`port`, delivering example.org to Maildirs under `root`/mail."""
+    listening on 127.0.0.1:`port`, delivering example.org and example.net to Maildirs under
+    `root`/mail."""
 
     def __init__(self, root: Path, port: int) -> None:
         self.root = root
@@ -169,13 +171,14 @@ maillog_file_prefixes = {root}
 biff = no
 smtputf8_enable = yes
 smtpd_banner = $myhostname ESMTP Postfix
-# Only example.org is ours; nothing is relayed (the gateway's client is not in mynetworks).
+# Only example.org and example.net are ours; nothing is relayed (the gateway's client is
+# not in mynetworks).
 mydestination =
 mynetworks = 192.0.2.0/24
 relay_domains =
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 default_transport = discard
-virtual_mailbox_domains = example.org
+virtual_mailbox_domains = example.org, example.net
 virtual_mailbox_maps = texthash:{root}/conf/vmailbox
 virtual_mailbox_base = {root}/mail
 virtual_uid_maps = static:{uid}
@@ -220,8 +223,8 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 @pytest.fixture(scope="module")
 def postfix(tls_files: dict[str, Path]) -> Iterator[Postfix]:
     """A real Postfix (master, smtpd, cleanup, qmgr, virtual) on a free port, private to the
-    test module. Users bob@ and carol@example.org have Maildirs; see POSTFIX_MAIN_CF for the
-    verdicts it can be made to give."""
+    test module. Users bob@ and carol@example.org and dave@example.net have Maildirs; see
+    POSTFIX_MAIN_CF for the verdicts it can be made to give."""
     find_tool("postfix")
     if os.geteuid() != 0:
         pytest.fail("a private Postfix instance needs root (CI runs as root)", pytrace=False)
@@ -241,7 +244,9 @@ def postfix(tls_files: dict[str, Path]) -> Iterator[Postfix]:
         POSTFIX_MAIN_CF.format(root=root, uid=entry.pw_uid, gid=entry.pw_gid)
     )
     (instance.conf / "master.cf").write_text(POSTFIX_MASTER_CF.format(port=port))
-    (instance.conf / "vmailbox").write_text("bob@example.org bob/\ncarol@example.org carol/\n")
+    (instance.conf / "vmailbox").write_text(
+        "bob@example.org bob/\ncarol@example.org carol/\ndave@example.net dave/\n"
+    )
     (instance.conf / "recipients").write_text("busy@example.org 450 4.2.1 Mailbox busy\n")
     (instance.conf / "senders").write_text("later@elsewhere.example 451 4.7.1 Try again later\n")
     (instance.conf / "header_checks").write_text(
@@ -372,3 +377,59 @@ def dovecot() -> Iterator[Dovecot]:
     finally:
         terminate(proc)
         shutil.rmtree(root, ignore_errors=True)
+
+
+#: rspamd loads its rules and maps for 15 to 30 seconds before it answers.
+RSPAMD_START_TIMEOUT = 120.0
+#: A private rspamd: one normal worker on a given port, its files in one folder.
+RSPAMD_CONF = """\
+.include "$CONFDIR/common.conf"
+options {{
+    .include "$CONFDIR/options.inc"
+    # no network here: a closed local port fails every lookup at once
+    dns {{ nameserver = ["127.0.0.1:9"]; timeout = 0.2s; retransmits = 1; }}
+}}
+logging {{ type = "file"; filename = "{folder}/rspamd.log"; level = "warning"; }}
+worker "normal" {{
+    bind_socket = "127.0.0.1:{port}";
+    count = 1;
+}}
+"""
+
+
+@pytest.fixture(scope="session")
+def rspamd_url() -> Iterator[str]:
+    """A real rspamd's normal worker (Debian's, from scripts/setup-test), started once for the
+    whole session, as it takes half a minute to start: its URL."""
+    program = find_tool("rspamd")
+    folder = Path(tempfile.mkdtemp(prefix="smtpkit-rspamd-"))
+    port = free_port()
+    (folder / "rspamd.conf").write_text(RSPAMD_CONF.format(folder=folder, port=port))
+    command = [program, "-f", "-c", str(folder / "rspamd.conf")]
+    command += [f"--var={name}={folder}" for name in ("RUNDIR", "DBDIR", "LOGDIR")]
+    if os.geteuid() == 0:  # rspamd will not run as root: its own user, owning the folder
+        user = pwd.getpwnam("_rspamd")
+        os.chown(folder, user.pw_uid, user.pw_gid)
+        command += ["-u", "_rspamd", "-g", "_rspamd"]
+    proc = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + RSPAMD_START_TIMEOUT
+    try:
+        while True:
+            if proc.poll() is not None:
+                log = folder / "rspamd.log"
+                raise RuntimeError(f"rspamd exited: {log.read_text() if log.exists() else ''}")
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=1) as reply:
+                    if reply.read().strip() == b"pong":
+                        break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("rspamd did not start") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        terminate(proc)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,24 +1,15 @@
 """The rspamd policy against a real rspamd from Debian (scripts/setup-test), started once per
-session on a private port and folder: GTUBE is refused, a clean message passes with the
-X-Spam headers, and a dead rspamd gives the configured answer."""
+session on a private port and folder (`rspamd_url` in conftest.py): GTUBE is refused, a clean
+message passes with the X-Spam headers, and a dead rspamd gives the configured answer."""
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
 import smtplib
 import socket
-import subprocess
-import tempfile
-import time
-import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from support import WAIT, terminate
+from support import WAIT
 
 from smtp_core import Config
 from smtpkit.handlers import Accept, Handler, HookResult, Message, Pipeline
@@ -27,67 +18,13 @@ from smtpkit.transports import running_server
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(180)]
 
-#: rspamd loads its rules and maps for 15 to 30 seconds before it answers.
-START_TIMEOUT = 120.0
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
-CONFIG = """\
-.include "$CONFDIR/common.conf"
-options {{
-    .include "$CONFDIR/options.inc"
-    # no network here: a closed local port fails every lookup at once
-    dns {{ nameserver = ["127.0.0.1:9"]; timeout = 0.2s; retransmits = 1; }}
-}}
-logging {{ type = "file"; filename = "{folder}/rspamd.log"; level = "warning"; }}
-worker "normal" {{
-    bind_socket = "127.0.0.1:{port}";
-    count = 1;
-}}
-"""
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="session")
-def rspamd_url() -> Iterator[str]:
-    """A real rspamd's normal worker, for the whole session."""
-    program = shutil.which("rspamd") or "/usr/bin/rspamd"
-    if not os.access(program, os.X_OK):
-        pytest.fail("rspamd is not installed: run scripts/setup-test", pytrace=False)
-    folder = Path(tempfile.mkdtemp(prefix="smtpkit-rspamd-"))
-    port = free_port()
-    (folder / "rspamd.conf").write_text(CONFIG.format(folder=folder, port=port))
-    command = [program, "-f", "-c", str(folder / "rspamd.conf")]
-    command += [f"--var={name}={folder}" for name in ("RUNDIR", "DBDIR", "LOGDIR")]
-    if os.geteuid() == 0:  # rspamd will not run as root: its own user, owning the folder
-        user = pwd.getpwnam("_rspamd")
-        os.chown(folder, user.pw_uid, user.pw_gid)
-        command += ["-u", "_rspamd", "-g", "_rspamd"]
-    proc = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT
-    try:
-        while True:
-            if proc.poll() is not None:
-                log = folder / "rspamd.log"
-                raise RuntimeError(f"rspamd exited: {log.read_text() if log.exists() else ''}")
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=1) as reply:
-                    if reply.read().strip() == b"pong":
-                        break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("rspamd did not start") from None
-                time.sleep(0.5)
-        yield url
-    finally:
-        terminate(proc)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 class Keep(Handler):

@@ -44,7 +44,7 @@ from support import (
 from smtp_core import Config, MailParams, RcptParams
 from smtpkit.handlers import Accept, Close, Handler, MaildirHandler, Message, Reject, SinkHandler
 from smtpkit.transports import Server, ServerOptions
-from smtpkit.transports._limits import ConnectionLimits
+from smtpkit.transports._limits import ConnectionLimits, client_key
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -954,6 +954,37 @@ def test_connection_limits_unit() -> None:
     assert limits.admit("::1") is None and limits.admit("::1") is None  # loopback: exempt
     assert limits.admit("127.0.0.1") == "too many connections"  # the total
     limits.release("192.0.2.7")
+    assert limits.admit("192.0.2.7") is None
+
+
+def test_connection_limits_count_an_ipv6_client_by_its_64() -> None:
+    """Issue 14: one IPv6 client usually holds a whole /64; counted per address, it could
+    take every slot. An IPv4-mapped address counts as its IPv4 address."""
+    limits = ConnectionLimits(total=100, per_ip=2)
+    assert limits.admit("2001:db8:1:2::1") is None
+    assert limits.admit("2001:db8:1:2:ffff:ffff:ffff:ffff") is None
+    assert limits.admit("2001:db8:1:2::3") == "too many connections from your address"
+    assert limits.admit("2001:db8:1:3::1") is None  # the next /64 is another client
+    assert limits.admit("::ffff:192.0.2.7") is None and limits.admit("192.0.2.7") is None
+    assert limits.admit("192.0.2.7") == "too many connections from your address"
+    limits.release("2001:db8:1:2::1")
+    assert limits.admit("2001:db8:1:2::abcd") is None
+    assert client_key("2001:db8:1:2::1") == "2001:db8:1:2::/64"
+    assert client_key("::ffff:192.0.2.7") == "192.0.2.7" == client_key("192.0.2.7")
+
+
+def test_connection_limits_move_a_proxied_connection_to_its_client() -> None:
+    """Behind a trusted proxy, the proxy's address is exempt; the PROXY header's client is
+    what the per-IP limit counts."""
+    limits = ConnectionLimits(total=100, per_ip=1, exempt=("10.0.0.0/8",))
+    assert limits.admit("10.0.0.5") is None and limits.admit("10.0.0.5") is None
+    assert limits.move("10.0.0.5", "192.0.2.7")
+    assert not limits.move("10.0.0.5", "192.0.2.7")  # the client's one slot is taken
+    assert limits.move("10.0.0.5", "2001:db8::1")
+    assert limits.active == 2
+    limits.release("192.0.2.7")
+    limits.release("2001:db8::1")
+    assert limits.active == 0
     assert limits.admit("192.0.2.7") is None
 
 
