@@ -2,6 +2,7 @@
 behind HAProxy against one (issue 14), on loopback, with Postfix's smtp-source.
 
     python3 benchmarks/edge.py [--rounds 3] [--connect-messages 4000] [--keepalive-messages 20000]
+                               [--only proxy|metrics|instances ...]
 
 Three comparisons, each a pair (or trio) of setups measured in turn within each round, every
 setup on fresh processes and ports; the report gives the median msg/s over the rounds, the
@@ -222,12 +223,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connect-messages", type=int, default=4000)
     parser.add_argument("--keepalive-messages", type=int, default=20000)
+    parser.add_argument("--only", nargs="+", choices=("proxy", "metrics", "instances"))
     args = parser.parse_args(argv)
     smtp_source = find("smtp-source")
     find("haproxy")
     with tempfile.TemporaryDirectory(prefix="smtpkit-edge-") as temp:
         folder = Path(temp)
         for title, messages, setups in comparisons(args.connect_messages, args.keepalive_messages):
+            if args.only and title.split(":")[0] not in args.only:
+                continue
             results: dict[str, list[Result]] = {setup.name: [] for setup in setups}
             for _ in range(args.rounds):
                 for setup in setups:

@@ -158,10 +158,10 @@ class DataReader:
                 self._failure = _BARE_AT
                 return b""
             raw = _normalized(raw)
+        # After a bare CR or LF made a line end, a dot is stuffing too.
+        self._dot_start = at_start or (bare and raw.endswith(b"\n"))
         # Undo dot-stuffing: a leading dot on any line is removed (RFC 5321 4.5.2).
         content = raw.replace(b"\r\n.", b"\r\n") if dot_lines or bare else raw
-        # After a bare CR or LF made a line end, a dot is stuffing too.
-        self._dot_start = at_start or (bare and content.endswith(b"\n"))
         self.size += len(content)
         return content
 

@@ -257,12 +257,19 @@ def _serve_processes(command: ServeCommand, reload: Callable[[], ServeCommand] |
 
     def child(listen: tuple[Address, ...], tls_listen: tuple[Address, ...]) -> int:
         def one(command: ServeCommand) -> ServeCommand:
+            o = command.options
+            given = (*o.listen, *o.tls_listen)  # port 0 is resolved: so are the PROXY ones
+            proxied = zip(given, (*listen, *tls_listen), strict=True)
             return dataclasses.replace(
                 command,
                 processes=1,
                 metrics=None,
                 options=dataclasses.replace(
-                    command.options, listen=listen, tls_listen=tls_listen, reuse_port=True
+                    o,
+                    listen=listen,
+                    tls_listen=tls_listen,
+                    reuse_port=True,
+                    proxy_listeners=tuple(new for old, new in proxied if old in o.proxy_listeners),
                 ),
             )
 

@@ -8,8 +8,9 @@ certificate is loaded into the server's own `SSLContext`, so that every listener
 included, hands it to the next handshake. Sessions in flight finish with what they began with.
 
 What the server set up at start stays as it was, with a warning when the file changed it:
-the listeners, the connection limits, the worker pool, the spool, the transport, `--user`,
-`--processes`, the log format, the metrics address, and whether TLS is offered at all.
+the listeners (and which are behind a proxy, and the proxies trusted), the connection limits,
+the worker pool, the spool, the transport, `--user`, `--processes`, the log format, the
+metrics address, and whether TLS is offered at all.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ FIXED_OPTIONS: Final = (
     "reuse_port",
     "anyio_backend",
     "uvloop",
+    "proxy_listeners",
+    "proxy_trusted",
 )
 #: `ServeCommand` fields that take effect at start only.
 FIXED_COMMAND: Final = ("transport", "user", "processes", "log_format", "metrics")

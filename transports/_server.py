@@ -83,6 +83,8 @@ def _runner_class(transport: str) -> type[Runner]:
 class Server:
     """An SMTP server: `start()` serves in a background thread, `stop()` ends it gracefully.
 
+    `observer` is told what the server does (`Metrics` for Prometheus); None reports nothing.
+
     >>> with Server(MyHandler, ServerOptions(listen=(("127.0.0.1", 0),))) as server:
     ...     host, port = server.addresses[0]
     """

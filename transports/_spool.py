@@ -21,6 +21,7 @@ cache in microseconds; nothing is ever fsync'ed here (the deliverer makes its co
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import itertools
 import logging
@@ -178,7 +179,7 @@ def _check_private(folder: Path) -> None:
         or info.st_uid != os.getuid()
         or info.st_mode & (stat.S_IRWXG | stat.S_IRWXO)
     ):
-        raise PermissionError(f"{folder} is not a private folder of this user")
+        raise PermissionError(errno.EACCES, "not a private folder of this user")
 
 
 def _sweep(parent: Path, *, keep: Path) -> None:

@@ -17,6 +17,7 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from support import WAIT, Calls, Tls, Transport, terminate, wait_until
 
 from smtpkit.handlers import Accept, Context, Handler, Message, Pipeline, Policy
 from smtpkit.transports import Server
+from smtpkit.transports._assemble import parse_serve
 
 TRUSTED = ("127.0.0.1/32",)
 CONFIG = """\
@@ -304,3 +306,37 @@ def test_only_the_proxy_listener_expects_a_header(transport: Transport, tls: Tls
         assert calls.of("welcome") == [(ip, (ip, port))]
         reply = raw(server, v1("192.0.2.7") + b"QUIT\r\n")  # the proxy listener still wants one
         assert reply.startswith(b"220 ") and calls.of("welcome")[-1][0] == "192.0.2.7"
+
+
+# ------------------------------------------------------------------ the command line
+
+
+def test_a_proxy_listener_without_trusted_proxies_is_an_error_at_start() -> None:
+    """Never "trust everyone": one line, exit status 2, nothing bound."""
+    result = subprocess.run(
+        [sys.executable, "-m", "smtpkit", "serve", "--listen", "127.0.0.1:0", "--proxy-protocol"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "smtpkit: error: --proxy-protocol needs --proxy-trusted CIDR: the networks of the proxies\n"
+    )
+
+
+def test_the_file_sets_the_proxy_per_listener(tmp_path: Path) -> None:
+    config = tmp_path / "behind.toml"
+    config.write_text(
+        'listen = ["127.0.0.1:2525"]\n'
+        'proxy_listen = ["127.0.0.1:2526"]\n'
+        'proxy_trusted = ["10.0.0.5"]\n'
+        'xclient_trusted = ["10.1.0.0/16"]\n'
+    )
+    options = parse_serve(["--config", str(config), "--handler", "sink"]).options
+    assert options.listen == (("127.0.0.1", 2525), ("127.0.0.1", 2526))
+    assert options.proxy_listeners == (("127.0.0.1", 2526),)
+    assert options.proxy_trusted == ("10.0.0.5/32",)
+    assert options.config.xclient_trusted == ("10.1.0.0/16",)
+    every = parse_serve(["--config", str(config), "--handler", "sink", "--proxy-protocol"])
+    assert every.options.proxy_listeners == (("127.0.0.1", 2525), ("127.0.0.1", 2526))

@@ -11,8 +11,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import re
 import smtplib
+import socket
+import subprocess
+import sys
+import textwrap
 import threading
 import urllib.request
 from collections.abc import Callable
@@ -131,6 +136,7 @@ def test_the_endpoint_counts_real_traffic_exactly(transport: Transport, tls: Tls
         peer.hello()
         assert peer.command("MAIL FROM:<a@client.example>").startswith(b"250")
         peer.sock.close()
+        assert wait_until(lambda: server.active_sessions == 0)
         # 4: a message held in its data hook (spooled to disk) while another client's MAIL
         # hook waits for the only worker
         big = CONTENT % b"hold" + b"x" * 4000 + b"\r\n"
@@ -151,6 +157,7 @@ def test_the_endpoint_counts_real_traffic_exactly(transport: Transport, tls: Tls
             client.starttls(context=tls.client)
             client.ehlo("client.example")
         # 6: three idle clients take every slot; a fourth is refused
+        assert wait_until(lambda: server.active_sessions == 0)
         idle = [Peer((server.host, server.port)) for _ in range(3)]
         for one in idle:
             assert one.reply().startswith(b"220 ")
@@ -261,10 +268,6 @@ def test_the_cli_serves_metrics_with_and_without_processes(
 def test_metrics_port_in_use_is_one_error_line(
     smtpkit: Callable[..., Process], tmp_path: Path
 ) -> None:
-    import socket
-    import subprocess
-    import sys
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -310,3 +313,26 @@ def test_json_log_lines_carry_their_fields_as_keys(smtpkit: Callable[..., Proces
     (disconnect,) = [line for line in lines if line["message"].startswith("disconnect from")]
     assert (disconnect["peer"], disconnect["reason"], disconnect["messages"]) == (peer, "quit", 1)
     assert isinstance(disconnect["duration"], float)
+
+
+def test_without_metrics_nothing_imports_prometheus_client(tmp_path: Path) -> None:
+    """Metrics are optional: a server without an observer (and `smtpkit serve` without
+    --metrics) never imports prometheus_client."""
+    program = textwrap.dedent(
+        """\
+        import smtplib, sys
+        from smtpkit.transports import Server, ServerOptions
+        from smtpkit.transports._cli import build_parser
+        from smtpkit.handlers import SinkHandler
+        build_parser()
+        with Server(SinkHandler, ServerOptions(listen=(("127.0.0.1", 0),))) as server:
+            with smtplib.SMTP(server.host, server.port) as client:
+                client.sendmail("a@b.example", ["c@d.example"], b"Subject: x\\r\\n\\r\\nx\\r\\n")
+        print("prometheus_client" in sys.modules)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=WAIT,
+        cwd=tmp_path, env={**os.environ, "PYTHONSAFEPATH": "1"},
+    )  # fmt: skip
+    assert result.stdout.strip() == "False", result.stderr
