@@ -15,9 +15,11 @@ decisions onto their I/O (a timer, a sweep, a cancel scope). The anchor is Postf
   and no pause between two reads may last longer than `timeout`. A client above the minimum
   rate is never cut off, however large a message it may send; one below it is, once its head
   start of `data_timeout` is spent. Bytes past `M` earn no more time: the engine counts and
-  discards them (552 follows), so a fast content that never ends is cut off at
-  `t0 + data_timeout + M / min_data_rate` at the latest. (`M` is never unlimited: the engine
-  requires at least 1.) `min_data_rate = 0` makes `data_timeout` a cap on the whole message.
+  discards them (552 follows), and the rest of the message must arrive within `timeout` of
+  the byte that crossed `M`, so a content that never ends is cut off `timeout` after it
+  passed the limit (`stress_timeout` under stress), however fast it is sent. (`M` is never
+  unlimited: the engine requires at least 1; a client that declares SIZE learns of the limit
+  at MAIL.) `min_data_rate = 0` makes `data_timeout` a cap on the whole message.
 - **Output**: a client that stops reading our replies is cut off `timeout` after our output
   first backed up, whether or not it reads a byte now and then.
 - **Hooks**: `hook_timeout` from the hook's start; then the client gets 451 4.3.0 (421 from
@@ -277,6 +279,7 @@ class SessionClock:
 
     __slots__ = (
         "_content_bytes",
+        "_content_over",
         "_content_start",
         "_handshake_start",
         "_hook_start",
@@ -294,6 +297,7 @@ class SessionClock:
         self._record_start: float | None = None  # the first byte of an incomplete line
         self._content_start: float | None = None  # message content expected since
         self._content_bytes = 0
+        self._content_over: float | None = None  # the content passed the size limit at
         self._last_read = now
         self._write_blocked: float | None = None
         self._hook_start: float | None = None
@@ -308,6 +312,9 @@ class SessionClock:
         self._idle_since = None  # the wait is over; the next one starts at waiting()
         if content and self._content_start is not None:
             self._content_bytes += len(data)
+            limit = self._lifecycle.options.config.max_message_size
+            if self._content_over is None and self._content_bytes > limit:
+                self._content_over = now
         end = data.rfind(b"\n")
         if end < 0:
             if self._record_start is None:
@@ -323,6 +330,7 @@ class SessionClock:
             if self._content_start is None:
                 self._content_start = self._lifecycle.clock()
                 self._content_bytes = 0
+                self._content_over = None
         else:
             self._content_start = None
         if self._record_start is None and self._idle_since is None:
@@ -384,6 +392,8 @@ class SessionClock:
             if o.min_data_rate:
                 earning = min(self._content_bytes, o.config.max_message_size)
                 at += earning / o.min_data_rate
+            if self._content_over is not None:
+                at = min(at, self._until(self._content_over, o.timeout))
             return min(at, self._until(self._last_read, o.timeout))
         if self._record_start is not None:
             return self._until(self._record_start, o.timeout)

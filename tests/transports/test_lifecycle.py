@@ -100,7 +100,12 @@ def test_hook_time_does_not_count_against_a_pending_line() -> None:
 
 
 def test_content_deadline_grows_with_the_minimum_rate() -> None:
-    lc, clock = lifecycle(timeout=300, data_timeout=600, min_data_rate=500)
+    lc, clock = lifecycle(
+        timeout=300,
+        data_timeout=600,
+        min_data_rate=500,
+        config=Config(max_message_size=209_715_200),  # a 100 MB message is within the limit
+    )
     s = session(lc)
     s.waiting(content=True)  # content starts at 1000
     assert s.deadline().at == 1300.0  # no byte yet: a pause may not exceed timeout
@@ -218,6 +223,45 @@ def test_content_past_the_size_limit_earns_no_time() -> None:
         if s.deadline().at <= clock.now:
             break
     assert clock.now == cap  # cut off then, not later
+
+
+def test_content_past_the_size_limit_must_end_within_timeout() -> None:
+    # A fast sender banks a large head start before it passes the size limit; after that, the
+    # rest must arrive within `timeout` of the crossing, not when the banked time runs out.
+    size = 1_000_000
+    lc, clock = lifecycle(
+        timeout=300, data_timeout=60, min_data_rate=500, config=Config(max_message_size=size)
+    )
+    s = session(lc)
+    s.waiting(content=True)
+    for second in range(1, 10_000):
+        clock.now = 1000.0 + second
+        s.received(b"x" * 100_000, content=True)  # crosses the limit in second 11
+        s.waiting(content=True)
+        if s.deadline().at <= clock.now:
+            break
+    assert clock.now == 1011 + 300  # not 1000 + 60 + size / 500 = 3060
+
+
+def test_content_past_the_size_limit_is_cut_sooner_under_stress() -> None:
+    size = 1_000_000
+    lc, clock = lifecycle(
+        timeout=300,
+        data_timeout=60,
+        min_data_rate=500,
+        stress_timeout=10,
+        max_connections=10,
+        config=Config(max_message_size=size),
+    )
+    attackers = [lc.admit(f"192.0.2.{n}") for n in range(9)]
+    assert lc.stress
+    s = session(lc)
+    s.waiting(content=True)
+    clock.now = 1001.0
+    s.received(b"x" * (size + 1), content=True)
+    s.waiting(content=True)
+    assert s.deadline().at == 1001 + 10
+    assert all(isinstance(a, Slot) for a in attackers)
 
 
 # ---------------------------------------------------------------------- shutdown
