@@ -157,12 +157,26 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
     def sockets(self) -> int:
-        """How many sockets the server process has open (Linux: /proc/PID/fd)."""
-        count = 0
-        for name in os.listdir(f"/proc/{self.proc.pid}/fd"):
+        """How many TCP connections the server process holds open, listeners aside (Linux:
+        the socket inodes of /proc/PID/fd that /proc/PID/net/tcp* lists in a state other
+        than LISTEN). The event loops' own wake-up socket pairs, made on first use, are Unix
+        sockets and not counted: they are plumbing, not sessions."""
+        pid = self.proc.pid
+        held = set()
+        for name in os.listdir(f"/proc/{pid}/fd"):
             with contextlib.suppress(OSError):
-                count += os.readlink(f"/proc/{self.proc.pid}/fd/{name}").startswith("socket:")
-        return count
+                link = os.readlink(f"/proc/{pid}/fd/{name}")
+                if link.startswith("socket:["):
+                    held.add(link[8:-1])
+        connected = set()
+        for table in ("tcp", "tcp6"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/net/{table}") as rows:
+                next(rows)  # the column names
+                for row in rows:
+                    fields = row.split()
+                    if fields[3] != "0A":  # 0A is LISTEN
+                        connected.add(fields[9])
+        return len(held & connected)
 
     def stop(self) -> int:
         """SIGTERM; SIGKILL if it has not ended in a minute. Returns the exit status."""
