@@ -26,6 +26,7 @@ __all__ = ["format_received", "log_escape", "received_header", "transmission_typ
 
 #: Delimiters of the Received: header's clauses, comments and addresses (Postfix's list).
 _NEUTER: Final = frozenset(' <>()\\";@')
+_NEUTER_RE: Final = re.compile("[" + re.escape("".join(sorted(_NEUTER))) + "]")
 #: Client values are cut to this many characters, so no header line nears 998 octets.
 _MAX_TOKEN: Final = 255
 _LOG_SPECIAL: Final = re.compile(r'[ ="\\]')
@@ -37,7 +38,7 @@ def _header_token(value: str, *, utf8: bool, allow: str = "") -> str:
     non-ASCII ones unless the message is SMTPUTF8) and delimiters other than `allow` become
     "?"."""
     value = value[:_MAX_TOKEN]
-    if value.isascii() and value.isprintable() and not any(c in _NEUTER for c in value):
+    if value.isascii() and value.isprintable() and _NEUTER_RE.search(value) is None:
         return value
     return "".join(
         c if c.isprintable() and (utf8 or c.isascii()) and (c not in _NEUTER or c in allow) else "?"
