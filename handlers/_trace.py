@@ -17,7 +17,9 @@ unprintable (CR, LF, TAB, other control and format characters, Unicode separator
 from __future__ import annotations
 
 import email.utils
+import functools
 import re
+import time
 from typing import Final
 
 from ._session import Envelope, Session
@@ -27,23 +29,44 @@ __all__ = ["format_received", "log_escape", "received_header", "transmission_typ
 #: Delimiters of the Received: header's clauses, comments and addresses (Postfix's list).
 _NEUTER: Final = frozenset(' <>()\\";@')
 _NEUTER_RE: Final = re.compile("[" + re.escape("".join(sorted(_NEUTER))) + "]")
+#: The same, for an address: its "@" is kept.
+_NEUTER_ADDRESS_RE: Final = re.compile("[" + re.escape("".join(sorted(_NEUTER - {"@"}))) + "]")
 #: Client values are cut to this many characters, so no header line nears 998 octets.
 _MAX_TOKEN: Final = 255
 _LOG_SPECIAL: Final = re.compile(r'[ ="\\]')
 _LOG_ESCAPES: Final = {" ": "\\x20", "=": "\\x3d", '"': "\\x22", "\\": "\\\\"}
 
 
-def _header_token(value: str, *, utf8: bool, allow: str = "") -> str:
+def _header_token(value: str, *, utf8: bool, address: bool = False) -> str:
     """`value` as one inert token of the Received: header: non-printable characters (and
-    non-ASCII ones unless the message is SMTPUTF8) and delimiters other than `allow` become
-    "?"."""
+    non-ASCII ones unless the message is SMTPUTF8) and delimiters become "?", except the "@"
+    of an `address`."""
     value = value[:_MAX_TOKEN]
-    if value.isascii() and value.isprintable() and _NEUTER_RE.search(value) is None:
+    neuter = _NEUTER_ADDRESS_RE if address else _NEUTER_RE
+    if value.isascii() and value.isprintable() and neuter.search(value) is None:
         return value
     return "".join(
-        c if c.isprintable() and (utf8 or c.isascii()) and (c not in _NEUTER or c in allow) else "?"
+        c
+        if c.isprintable()
+        and (utf8 or c.isascii())
+        and (c not in _NEUTER or (address and c == "@"))
+        else "?"
         for c in value
     )
+
+
+_date_cache: tuple[int, str] = (-1, "")
+
+
+def _date_now() -> str:
+    """The local date and time as RFC 5322 writes it, made once a second: formatting it costs
+    more than the rest of the header."""
+    global _date_cache
+    second = int(time.time())
+    cached = _date_cache
+    if cached[0] != second:
+        cached = _date_cache = (second, email.utils.formatdate(second, localtime=True))
+    return cached[1]
 
 
 def transmission_type(session: Session) -> str:
@@ -79,22 +102,34 @@ def format_received(
     `helo`, `client_name` (the client's host name, from XCLIENT; left out when unknown) and
     `recipient` come from the client and are made inert; the rest is ours.
     Non-ASCII characters are kept only in an SMTPUTF8 message (`utf8`, RFC 6532)."""
+    tls = f"\r\n\t(using {tls_version})" if tls_version else ""
+    rcpt = f"\r\n\tfor <{_header_token(recipient, utf8=utf8, address=True)}>" if recipient else ""
+    qid = f" id {queue_id}" if queue_id else ""
+    when = date if date is not None else _date_now()
+    header = (
+        f"{_from_clause(helo, client_ip, client_name, hostname, protocol, utf8)}"
+        f"{qid}{tls}{rcpt}; {when}\r\n"
+    )
+    return header.encode("utf-8")
+
+
+@functools.lru_cache(maxsize=256)
+def _from_clause(
+    helo: str | None,
+    client_ip: str,
+    client_name: str | None,
+    hostname: str,
+    protocol: str,
+    utf8: bool,
+) -> str:
+    """The header up to its queue ID, the same for every message of a session: made once."""
     name = _header_token(helo or "", utf8=utf8) or "unknown"
     literal = f"IPv6:{client_ip}" if ":" in client_ip else client_ip
     if client_name:
         literal = f"{_header_token(client_name, utf8=False)} [{literal}"
     else:
         literal = f"[{literal}"
-    tls = f"\r\n\t(using {tls_version})" if tls_version else ""
-    rcpt = f"\r\n\tfor <{_header_token(recipient, utf8=utf8, allow='@')}>" if recipient else ""
-    qid = f" id {queue_id}" if queue_id else ""
-    when = date if date is not None else email.utils.formatdate(localtime=True)
-    header = (
-        f"Received: from {name} ({literal}])"
-        f"\r\n\tby {hostname} (smtpkit) with {protocol}{qid}"
-        f"{tls}{rcpt}; {when}\r\n"
-    )
-    return header.encode("utf-8")
+    return f"Received: from {name} ({literal}])\r\n\tby {hostname} (smtpkit) with {protocol}"
 
 
 def received_header(

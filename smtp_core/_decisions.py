@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import final
+from typing import Final, final
 
 from ._reply import Reply
 
@@ -67,17 +67,23 @@ class Outcome(enum.Enum):
     CLOSE = "close"
 
 
+# Bound once: an enum member costs a hook call on Python 3.11, and this runs for every answer.
+_ACCEPTED: Final = Outcome.ACCEPT
+_CLOSING: Final = Outcome.CLOSE
+_REJECTED: Final = Outcome.REJECT
+
+
 def outcome_of(answer: Decision | Reply) -> Outcome:
     """The outcome of a decision or a ready-made reply. A 421 always ends the session (RFC 5321
     3.8), whichever type carries it; a `Reply` of 2xx or 3xx accepts."""
     kind = type(answer)  # the classes are final: comparing types is exact, and fast
     if kind is Accept:
-        return Outcome.ACCEPT
+        return _ACCEPTED
     if kind is Close:
-        return Outcome.CLOSE
+        return _CLOSING
     assert isinstance(answer, (Reject, Reply))
     if answer.code == 421:
-        return Outcome.CLOSE
+        return _CLOSING
     if isinstance(answer, Reply) and answer.is_positive:
-        return Outcome.ACCEPT
-    return Outcome.REJECT
+        return _ACCEPTED
+    return _REJECTED

@@ -13,7 +13,7 @@ from ._config import Config
 from ._errors import peer_error
 from ._events import MailParams, RcptParams
 
-__all__ = ["parse_mail_params", "parse_rcpt_params"]
+__all__ = ["NO_MAIL_PARAMS", "NO_RCPT_PARAMS", "parse_mail_params", "parse_rcpt_params"]
 
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 _KEYWORD: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*\Z")
@@ -21,10 +21,15 @@ _XTEXT: Final = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*\Z"
 _XTEXT_HEX: Final = re.compile(r"\+([0-9A-F]{2})")
 _DIGITS: Final = re.compile(r"[0-9]{1,20}\Z")
 _NOTIFY: Final = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+#: What a MAIL or RCPT without parameters has (most of them): made once, as they are frozen.
+NO_MAIL_PARAMS: Final = MailParams()
+NO_RCPT_PARAMS: Final = RcptParams()
 
 
 def parse_mail_params(text: str, config: Config, *, esmtp: bool, auth: bool) -> MailParams:
     """The parameters after MAIL FROM:<path>. `auth`: AUTH is offered, so AUTH= is known."""
+    if not text or text.isspace():
+        return NO_MAIL_PARAMS
     size = body = ret = envid = mailbox = None
     smtputf8 = False
     for key, value in _split(text, esmtp).items():
@@ -55,6 +60,8 @@ def parse_mail_params(text: str, config: Config, *, esmtp: bool, auth: bool) -> 
 
 def parse_rcpt_params(text: str, config: Config, *, esmtp: bool) -> RcptParams:
     """The parameters after RCPT TO:<path>."""
+    if not text or text.isspace():
+        return NO_RCPT_PARAMS
     notify: tuple[str, ...] | None = None
     orcpt: tuple[str, str] | None = None
     for key, value in _split(text, esmtp).items():

@@ -180,11 +180,13 @@ class ChunkReader:
     refused chunk is still read, and dropped, so that the session stays in sync (RFC 3030 2).
     """
 
-    __slots__ = ("_config", "_cr", "_left", "last", "refusal", "sent", "size")
+    __slots__ = ("_config", "_cr", "_left", "active", "last", "refusal", "sent", "size")
 
     def __init__(self, config: Config) -> None:
         self._config = config
         self._left = -1  # octets of the current chunk still to come; -1: no chunk
+        #: A chunk's octets are arriving (an attribute: the engine asks before every line).
+        self.active = False
         #: reject: the last piece handed on ended with a CR; normalize: a CR is held back.
         self._cr = False
         #: The current chunk is the last one (BDAT n LAST).
@@ -196,15 +198,11 @@ class ChunkReader:
         #: Octets of content handed on in this transaction so far.
         self.sent = 0
 
-    @property
-    def active(self) -> bool:
-        """A chunk's octets are arriving."""
-        return self._left >= 0
-
     def start(self, count: int, *, last: bool, refusal: Reply | None) -> None:
         """A BDAT command announced `count` octets; `refusal` is why they will be dropped.
         A chunk that would pass `max_message_size` is refused with 552."""
         self._left = count
+        self.active = True
         self.last = last
         if refusal is None and self.size + count > self._config.max_message_size:
             refusal = _TOO_LARGE
@@ -229,6 +227,7 @@ class ChunkReader:
             # The CR that ended the previous chunk ends the message: a bare CR.
             return self._check(b"", end=True)
         self._left = -1
+        self.active = False
         return ChunkDone.DONE
 
     def _check(self, piece: bytes, *, end: bool) -> bytes | AbortReason:

@@ -240,10 +240,14 @@ FACTS: Final[dict[State, Facts]] = {
 }
 
 
+_CLOSE: Final = Trigger.CLOSE  # bound once: an enum member costs a hook call on Python 3.11
+_CLOSED: Final = State.CLOSED
+
+
 def next_state(state: State, trigger: Trigger) -> State:
     """The state after `trigger`; a missing table entry is a bug in the engine or its caller."""
-    if trigger is Trigger.CLOSE:
-        return State.CLOSED
+    if trigger is _CLOSE:
+        return _CLOSED
     try:
         return TRANSITIONS[state][trigger]
     except KeyError:

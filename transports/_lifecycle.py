@@ -46,8 +46,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, final
+from typing import TYPE_CHECKING, Final, NamedTuple, final
 
 from ._limits import ConnectionLimits
 
@@ -100,13 +99,15 @@ class Expiry(enum.Enum):
     HANDSHAKE = "handshake timeout"
 
 
-@final
-@dataclass(frozen=True, slots=True)
-class Deadline:
-    """When the session's current wait ends (on the lifecycle's clock), and what that means."""
+class Deadline(NamedTuple):
+    """When the session's current wait ends (on the lifecycle's clock), and what that means.
+    A tuple: one is made for every wait of every session."""
 
     at: float
     expiry: Expiry
+
+
+_TIMEOUT: Final = Expiry.TIMEOUT  # bound once: an enum member costs a hook call on Python 3.11
 
 
 class Phase(enum.Enum):
@@ -305,12 +306,13 @@ class SessionClock:
 
     # ------------------------------------------------------------------ inputs
 
-    def received(self, data: bytes | bytearray, *, content: bool) -> None:
-        """`data` arrived. `content`: the engine reads message content now (DATA, BDAT)."""
+    def received(self, data: bytes | bytearray) -> None:
+        """`data` arrived. While the engine waits for message content (see `waiting()`), it
+        counts as content."""
         now = self._lifecycle.clock()
         self._last_read = now
         self._idle_since = None  # the wait is over; the next one starts at waiting()
-        if content and self._content_start is not None:
+        if self._content_start is not None:
             self._content_bytes += len(data)
             limit = self._lifecycle.options.config.max_message_size
             if self._content_over is None and self._content_bytes > limit:
@@ -367,6 +369,12 @@ class SessionClock:
 
     def deadline(self) -> Deadline:
         """The deadline of what the session waits for now."""
+        if (
+            self._hook_start is None
+            and self._handshake_start is None
+            and self._write_blocked is None
+        ):
+            return Deadline(self._read_deadline(), _TIMEOUT)  # the common case, first
         o = self._lifecycle.options
         if self._hook_start is not None:  # never cut by stress (see the module docstring)
             found = Deadline(self._hook_start + o.hook_timeout, Expiry.HOOK)
@@ -395,8 +403,7 @@ class SessionClock:
             if self._content_over is not None:
                 at = min(at, self._until(self._content_over, o.timeout))
             return min(at, self._until(self._last_read, o.timeout))
-        if self._record_start is not None:
-            return self._until(self._record_start, o.timeout)
-        if self._idle_since is not None:
-            return self._until(self._idle_since, o.timeout)
-        return NEVER
+        since = self._record_start if self._record_start is not None else self._idle_since
+        if since is None:
+            return NEVER
+        return since + self._lifecycle.peer_timeout(o.timeout, since)

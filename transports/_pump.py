@@ -101,6 +101,11 @@ class Wait(enum.Enum):
 NEED_DATA: Final = Wait.NEED_DATA
 START_TLS: Final = Wait.START_TLS
 CLOSE: Final = Wait.CLOSE
+# Bound once: an enum member costs a hook call on Python 3.11, and these are read every command.
+_ENGINE_NEEDS_DATA: Final = Signal.NEED_DATA
+_ENGINE_PAUSED: Final = Signal.PAUSED
+_DEFAULT: Final = Mode.DEFAULT
+_INLINE: Final = Mode.INLINE
 
 
 #: What a hook is called with: names, addresses, parameters, the message.
@@ -243,6 +248,14 @@ class Pump:
         self.lifecycle = lifecycle
         #: The session's deadlines; the runner reports its output backing up to it.
         self.clock = SessionClock(lifecycle)
+        # Bound once: the runners call these two at every wait.
+        #: Every reply so far, in command order: the engine's one output buffer, drained.
+        self.data_to_send: Callable[[], bytes] = conn.data_to_send
+        #: Until when the session may wait for what it waits for now (the peer's next bytes,
+        #: a hook, a handshake, the peer reading our output), on the lifecycle's clock, and
+        #: what its expiry means. Computed when asked: ask again when the timer fires (the
+        #: deadline may have moved on) and when `lifecycle.stress_epoch` changes.
+        self.deadline: Callable[[], Deadline] = self.clock.deadline
         self.received_header = received_header
         self._queue_id = queue_id
         self.spooler = spooler if spooler is not None else _default_spooler()
@@ -270,17 +283,18 @@ class Pump:
         engine waits for the STARTTLS handshake is an injection attempt (RFC 3207 5): dropped
         here, never fed to the engine."""
         if data:
-            if self.conn.state is State.STARTTLS:
+            try:
+                self.conn.receive_data(data)
+            except LocalProtocolError:  # asking the state first would cost every read
+                if self.conn.state is not State.STARTTLS:
+                    raise
                 log.info("%s: %d bytes behind STARTTLS dropped", self.peer_text, len(data))
                 return
-            self.clock.received(data, content=self._reading_content())
-        elif self._lost_at is None:
+            self.clock.received(data)
+            return
+        if self._lost_at is None:
             self._lost_at = self.conn.state
         self.conn.receive_data(data)
-
-    def data_to_send(self) -> bytes:
-        """Every reply so far, in command order: the engine's one output buffer, drained."""
-        return self.conn.data_to_send()
 
     def next_action(self) -> Action:
         """What the transport must do next. Never call it while a HookCall is outstanding."""
@@ -293,10 +307,10 @@ class Pump:
             if type(event) is MessageData:  # the hot path: content to the spool
                 (self._spool or self._start_spool()).write(event.data)
                 continue
-            if event is Signal.NEED_DATA:
-                self.clock.waiting(content=self._reading_content())
+            if event is _ENGINE_NEEDS_DATA:
+                self.clock.waiting(content=self.conn.reading_content)
                 return NEED_DATA
-            if event is Signal.PAUSED:
+            if event is _ENGINE_PAUSED:
                 if self.conn.state is State.STARTTLS or self.conn.state is State.HANDSHAKE:
                     self.clock.handshake_started()
                     return START_TLS
@@ -372,13 +386,6 @@ class Pump:
         """No transaction and no hook in flight: safe to end at shutdown."""
         return self._call is None and not self.conn.in_transaction
 
-    def deadline(self) -> Deadline:
-        """Until when the session may wait for what it waits for now (the peer's next bytes,
-        a hook, a handshake, the peer reading our output), on the lifecycle's clock, and what
-        its expiry means. Computed when asked: ask again when the timer fires (the deadline
-        may have moved on) and when `lifecycle.stress_epoch` changes."""
-        return self.clock.deadline()
-
     def timeout_expired(self) -> bytes:
         """421 4.4.2 and close: the peer was too slow."""
         log.info("%s: timeout", self.peer_text, extra=fields({"peer": self.peer_text}))
@@ -444,9 +451,6 @@ class Pump:
         if event is not None:
             self._finish(event, welcome_error if type(event) is Connected else error)
 
-    def _reading_content(self) -> bool:
-        return self.conn.reading_content
-
     def _dispatch(self, event: Event) -> HookCall | None:
         route = _ROUTES[type(event)]
         if route.prepare is not None:
@@ -457,8 +461,8 @@ class Pump:
             args = prepared
         else:
             args = tuple(getattr(event, name) for name in route.fields)
-        mode = Mode.DEFAULT if route.hook is None else self.plan.modes[route.hook]
-        if mode is Mode.DEFAULT or route.hook is None:
+        mode = _DEFAULT if route.hook is None else self.plan.modes[route.hook]
+        if mode is _DEFAULT or route.hook is None:
             self._finish(event, route.default)
             return None
         fn: Callable[..., HookOutcome] = getattr(self.handler, route.hook)
@@ -467,7 +471,7 @@ class Pump:
         self.clock.hook_started()
         if self.observer is not None:
             self._hook_start = self.lifecycle.clock()
-        if mode is Mode.INLINE:
+        if mode is _INLINE:
             try:
                 result = fn(*args)
             except BaseException as exc:  # a hook's SystemExit is the hook's failure
@@ -572,6 +576,8 @@ class Pump:
             result = Accept(f"Ok: queued as {qid}")
         if isinstance(result, Accept):
             self.messages += 1
+        if not log.isEnabledFor(logging.INFO):
+            return result
         line = {
             "queue_id": qid,
             "from": log_escape(event.sender),

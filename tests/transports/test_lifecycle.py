@@ -66,14 +66,14 @@ def test_a_command_line_must_end_within_timeout_of_its_first_byte() -> None:
     s.waiting(content=False)
     assert s.deadline() == Deadline(1300.0, Expiry.TIMEOUT)  # idle since the wait began
     clock.now = 1100.0
-    s.received(b"NO", content=False)  # the first byte of a line
+    s.received(b"NO")  # the first byte of a line
     for step in range(1, 200):  # one byte every second never moves it
         clock.now = 1100.0 + step
-        s.received(b"O", content=False)
+        s.received(b"O")
         s.waiting(content=False)
         assert s.deadline().at == 1400.0
     clock.now = 1350.0
-    s.received(b"P\r\n", content=False)  # complete: the next wait starts afresh
+    s.received(b"P\r\n")  # complete: the next wait starts afresh
     s.waiting(content=False)
     assert s.deadline().at == 1650.0
 
@@ -82,7 +82,7 @@ def test_pipelined_tail_starts_a_new_record() -> None:
     lc, clock = lifecycle(timeout=300)
     s = session(lc)
     clock.now = 1010.0
-    s.received(b"NOOP\r\nNO", content=False)
+    s.received(b"NOOP\r\nNO")
     s.waiting(content=False)
     assert s.deadline().at == 1310.0
 
@@ -90,7 +90,7 @@ def test_pipelined_tail_starts_a_new_record() -> None:
 def test_hook_time_does_not_count_against_a_pending_line() -> None:
     lc, clock = lifecycle(timeout=300, hook_timeout=60)
     s = session(lc)
-    s.received(b"MAIL FROM:<a@b>\r\nRC", content=False)
+    s.received(b"MAIL FROM:<a@b>\r\nRC")
     s.hook_started()
     assert s.deadline() == Deadline(1060.0, Expiry.HOOK)
     clock.now = 1050.0
@@ -111,7 +111,7 @@ def test_content_deadline_grows_with_the_minimum_rate() -> None:
     assert s.deadline().at == 1300.0  # no byte yet: a pause may not exceed timeout
     for second in range(1, 2001):  # 100 MB over 2000 s: 50 kB/s, far above the rate
         clock.now = 1000.0 + second
-        s.received(b"x" * 50_000, content=True)
+        s.received(b"x" * 50_000)
         s.waiting(content=True)
         assert s.deadline().at > clock.now
     # 600 s head start + 100 MB / 500 B/s, capped by the pause limit
@@ -126,7 +126,7 @@ def test_a_trickle_below_the_rate_is_cut_after_its_head_start() -> None:
     while s.deadline().at > clock.now:
         second += 1
         clock.now = 1000.0 + second
-        s.received(b"x", content=True)  # 1 byte/s
+        s.received(b"x")  # 1 byte/s
         s.waiting(content=True)
     assert 600 < second < 603  # 600 s + one second per 500 bytes
 
@@ -136,7 +136,7 @@ def test_rate_zero_caps_the_whole_message() -> None:
     s = session(lc)
     s.waiting(content=True)
     clock.now = 1599.0
-    s.received(b"x" * 10**9, content=True)
+    s.received(b"x" * 10**9)
     assert s.deadline().at == 1600.0
 
 
@@ -146,7 +146,7 @@ def test_output_backing_up_is_cut_after_timeout_whatever_the_peer_reads() -> Non
     clock.now = 1010.0
     s.output_blocked()
     clock.now = 1200.0
-    s.received(b"NOOP\r\n", content=False)  # it still sends (its wait starts afresh)
+    s.received(b"NOOP\r\n")  # it still sends (its wait starts afresh)
     s.output_blocked()  # still blocked (it read a little): the deadline does not move
     s.waiting(content=False)
     assert s.deadline() == Deadline(1310.0, Expiry.UNREAD)
@@ -189,9 +189,9 @@ def test_stress_that_came_and_went_still_cuts_the_waits_it_saw() -> None:
         max_connections=5, timeout=300, data_timeout=600, min_data_rate=0, stress_timeout=10
     )
     line, content, unread = session(lc), session(lc), session(lc)
-    line.received(b"NO", content=False)
+    line.received(b"NO")
     content.waiting(content=True)
-    unread.received(b"NOOP\r\n", content=False)
+    unread.received(b"NOOP\r\n")
     unread.output_blocked()  # and it reads no reply
     clock.now = 1001.0
     slots = [lc.admit("127.0.0.1") for _ in range(5)]
@@ -217,7 +217,7 @@ def test_content_past_the_size_limit_earns_no_time() -> None:
     cap = 1000 + 60 + size / 500
     for second in range(1, 1000):
         clock.now = 1000.0 + second
-        s.received(b"x" * 1000, content=True)  # twice the rate, whole lines or not
+        s.received(b"x" * 1000)  # twice the rate, whole lines or not
         s.waiting(content=True)
         assert s.deadline().at == min(1060 + min(second * 1000, size) / 500, cap)
         if s.deadline().at <= clock.now:
@@ -236,7 +236,7 @@ def test_content_past_the_size_limit_must_end_within_timeout() -> None:
     s.waiting(content=True)
     for second in range(1, 10_000):
         clock.now = 1000.0 + second
-        s.received(b"x" * 100_000, content=True)  # crosses the limit in second 11
+        s.received(b"x" * 100_000)  # crosses the limit in second 11
         s.waiting(content=True)
         if s.deadline().at <= clock.now:
             break
@@ -258,7 +258,7 @@ def test_content_past_the_size_limit_is_cut_sooner_under_stress() -> None:
     s = session(lc)
     s.waiting(content=True)
     clock.now = 1001.0
-    s.received(b"x" * (size + 1), content=True)
+    s.received(b"x" * (size + 1))
     s.waiting(content=True)
     assert s.deadline().at == 1001 + 10
     assert all(isinstance(a, Slot) for a in attackers)
