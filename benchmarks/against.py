@@ -11,13 +11,22 @@ time) and server CPU µs per message of each, and new over old.
 
 Server and client are pinned to different CPUs when `taskset` is there and the machine has two,
 which takes some of the scheduler's noise out of a 2-core run.
+
+`--instructions` counts instead what the server executes per message, with valgrind's
+callgrind (`apt-get install valgrind`): the difference between a run of 1,600 and one of 400
+messages, divided by 1,200, so that start-up cancels out. Unlike time, that count hardly moves
+with the machine's load; it leaves out the kernel's share (system calls), which is the same
+for both.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -29,6 +38,9 @@ import procstat
 import run
 
 _PIN = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+#: Messages of the two runs whose difference `--instructions` divides.
+_SHORT, _LONG = 400, 1600
+_VALGRIND_READY = 120.0  # seconds: Python starts about 50 times slower under callgrind
 
 
 def _pinned(cmd: list[str], cpu: int) -> list[str]:
@@ -69,16 +81,56 @@ def _one(
     return scenario.messages / wall, cpu / scenario.messages * 1e6
 
 
+def _instructions(
+    code: Path,
+    transport: str,
+    scenario: run.Scenario,
+    smtp_source: str,
+    ports: set[int],
+    logs: Path,
+) -> float:
+    """Instructions the server executes per message (callgrind's Ir, user space only)."""
+    totals = []
+    for messages in (_SHORT, _LONG):
+        port = run.free_port(ports)
+        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={logs}/callgrind.{port}"]
+        cmd += [arg.replace("{port}", str(port)) for arg in _server(code, transport)]
+        env = {**os.environ, "PYTHONPATH": str(code), "SMTPKIT_LOOP": "asyncio"}
+        log_path = logs / f"valgrind-{port}.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(cmd, env=env, cwd=code, stdout=log, stderr=log)
+            try:
+                run.wait_ready(proc.pid, port, log_path, timeout=_VALGRIND_READY)
+                load = dataclasses.replace(scenario, messages=messages, sessions=4)
+                source = [smtp_source, *load.source_flags(), f"{run.HOST}:{port}"]
+                subprocess.run(source, check=True, capture_output=True)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(_VALGRIND_READY)
+        found = re.search(r"Collected : (\d+)", log_path.read_text())
+        if found is None:
+            raise SystemExit(f"no instruction count in {log_path}")
+        totals.append(int(found.group(1)))
+    return (totals[1] - totals[0]) / (_LONG - _SHORT)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("commit", help="the earlier commit (anything git rev-parse takes)")
     parser.add_argument("--transports", nargs="+", default=["threads", "asyncio"])
     parser.add_argument("--scenario", default="keepalive", help="a run.py scenario (sink ones)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--messages", type=int, help="smtp-source -m (default: the scenario's)")
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions per message (valgrind)"
+    )
     args = parser.parse_args(argv)
     scenario = next((s for s in run.SCENARIOS if s.name == args.scenario), None)
     if scenario is None or scenario.profile != "sink":
         parser.error(f"not a sink scenario of run.py: {args.scenario}")
+    if args.messages:
+        sessions = min(scenario.sessions, args.messages)
+        scenario = dataclasses.replace(scenario, messages=args.messages, sessions=sessions)
     smtp_source = run.find_smtp_source(install=False)
     with tempfile.TemporaryDirectory(prefix="smtpkit-against-") as tmp:
         old = Path(tmp) / "old"
@@ -89,6 +141,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         try:
             ports: set[int] = set()
+            if args.instructions:
+                print("| transport | old instructions/msg | new instructions/msg | new/old |")
+                print("|---|---|---|---|")
+                for transport in args.transports:
+                    count = {
+                        who: _instructions(code, transport, scenario, smtp_source, ports, Path(tmp))
+                        for who, code in (("old", old), ("new", run.ROOT))
+                    }
+                    print(
+                        f"| {transport} | {count['old']:,.0f} | {count['new']:,.0f} | "
+                        f"{count['new'] / count['old']:.3f} |",
+                        flush=True,
+                    )
+                return 0
             print(f"{scenario.name}: {' '.join(scenario.source_flags())}, pinned: {_PIN}")
             print("| transport | old msg/s | new msg/s | new/old | old µs/msg | new µs/msg |")
             print("|---|---|---|---|---|---|")

@@ -287,9 +287,9 @@ def stop_group(proc: subprocess.Popen[bytes]) -> None:
             continue
 
 
-def wait_ready(pid: int, port: int, log_path: Path) -> None:
+def wait_ready(pid: int, port: int, log_path: Path, timeout: float = READY_TIMEOUT) -> None:
     """Poll until the server sends its 220, or fail fast if it exits."""
-    deadline = time.monotonic() + READY_TIMEOUT
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not Path(f"/proc/{pid}").exists() or _is_zombie(pid):
             raise RunError(f"server exited at start: {last_line(log_path)}")
@@ -304,7 +304,7 @@ def wait_ready(pid: int, port: int, log_path: Path) -> None:
         except OSError:
             pass
         time.sleep(0.05)
-    raise RunError(f"server not ready after {READY_TIMEOUT:.0f}s: {last_line(log_path)}")
+    raise RunError(f"server not ready after {timeout:.0f}s: {last_line(log_path)}")
 
 
 def _is_zombie(pid: int) -> bool:

@@ -31,3 +31,22 @@ def test_benchmark_script_smoke_run(tmp_path: Path) -> None:
     keepalive = summary["medians"]["keepalive"]["smtpkit-asyncio"]["metrics"]
     assert keepalive["msgs_per_s"] > 0
     assert "| smtpkit-asyncio |" in result.stdout
+
+
+def test_against_script_smoke_run() -> None:
+    """benchmarks/against.py serves an earlier commit from a worktree beside this checkout:
+    HEAD against itself, a few messages, one round."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "against.py"), "HEAD", "--rounds", "1",
+         "--transports", "threads", "--messages", "40"],
+        capture_output=True, text=True, timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| threads |"))
+    old_rate, new_rate = (float(cell.replace(",", "")) for cell in row.split("|")[2:4])
+    assert old_rate > 0 and new_rate > 0
+    worktrees = subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True, check=True
+    )
+    assert "smtpkit-against-" not in worktrees.stdout  # removed again
