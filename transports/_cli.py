@@ -21,7 +21,7 @@ import sys
 import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, final
 
 from smtpkit.handlers import Handler, MaildirHandler
 
@@ -106,11 +106,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
         if args.command == "serve":
-            given = {k: v for k, v in vars(args).items() if k != "command"}
-            command = assemble(settings_of(given), os.environ)
-            return run_serve_logging(
-                command, reload=lambda: assemble(settings_of(given), os.environ)
-            )
+            # From here on a SIGHUP is a reload, even before the server can do one.
+            previous = signal.signal(signal.SIGHUP, _EarlyReload())
+            try:
+                given = {k: v for k, v in vars(args).items() if k != "command"}
+                command = assemble(settings_of(given), os.environ)
+                return run_serve_logging(
+                    command, reload=lambda: assemble(settings_of(given), os.environ)
+                )
+            finally:
+                signal.signal(signal.SIGHUP, previous)
         if args.command == "check-config":
             return check_config(args.file)
         if args.command == "hash-password":
@@ -218,7 +223,11 @@ def run_serve(
     previous = signal.signal(signal.SIGTERM, _terminate)
     previous_hup = signal.getsignal(signal.SIGHUP)
     if reload is not None:
-        signal.signal(signal.SIGHUP, _reloader(server, command, reload))
+        on_hup = _reloader(server, command, reload)
+        signal.signal(signal.SIGHUP, on_hup)
+        if isinstance(previous_hup, _EarlyReload) and previous_hup.pending:
+            previous_hup.pending = False
+            on_hup(signal.SIGHUP, None)
     try:
         server.serve_forever()
     except _Terminated:
@@ -324,6 +333,19 @@ def _serve_metrics(address: Address, source: Metrics | str) -> MetricsEndpoint:
             f"--metrics {format_address(address)}: cannot listen: {exc.strerror or exc}",
             Exit.FAILURE,
         ) from None
+
+
+@final
+class _EarlyReload:
+    """The SIGHUP handler while the server starts: the signal is remembered, and the server
+    reloads as soon as it can, instead of ending (SIGHUP's default action) or, in a
+    `--processes` child, losing it. A child inherits it, and what it remembered, at the fork."""
+
+    def __init__(self) -> None:
+        self.pending = False
+
+    def __call__(self, signum: int, frame: types.FrameType | None) -> None:
+        self.pending = True
 
 
 def _reloader(

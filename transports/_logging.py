@@ -2,14 +2,20 @@
 
 A server's stderr may be a pipe nobody reads, or a slow terminal: a plain StreamHandler then
 blocks whoever logs, and the event loop logs on every connection. So the loggers only put
-records on a bounded queue (`put_nowait`); one daemon thread writes them out. When the queue
+records on a queue, bounded at `QUEUE_SIZE`; one daemon thread writes them out. When the queue
 is full the record is dropped and counted; the writer reports "N log lines dropped" with the
 next line it writes, and when the channel closes.
+
+Putting a record takes no lock: a signal handler runs in the main thread between two bytecodes,
+possibly in the middle of a `put()`, and a handler that logs (SIGTERM: "shutting down") would
+wait forever for a lock its own thread holds. So the queue is a `queue.SimpleQueue`, whose
+`put()` is reentrant, and the drop count is kept without a lock.
 """
 
 from __future__ import annotations
 
 import enum
+import itertools
 import json
 import logging
 import queue
@@ -101,8 +107,9 @@ class LogChannel:
 
     def __init__(self, stream: TextIO, size: int = QUEUE_SIZE) -> None:
         self.stream = stream
-        self._queue: queue.Queue[str | None] = queue.Queue(size)
-        self._lock = threading.Lock()
+        self._size = size
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._drops = itertools.count(1)
         self._dropped = 0  # lines dropped so far
         self._reported = 0  # of which the writer has reported
         self._attached: list[tuple[logging.Logger, logging.Handler]] = []
@@ -115,12 +122,12 @@ class LogChannel:
         return self._dropped
 
     def put(self, line: str) -> None:
-        """Queue `line`; drop it (counted) when the queue is full. Never blocks."""
-        try:
-            self._queue.put_nowait(line)
-        except queue.Full:
-            with self._lock:
-                self._dropped += 1
+        """Queue `line`; drop it (counted) when the queue is full. Never blocks, takes no lock
+        (see the module docstring)."""
+        if self._queue.qsize() >= self._size:
+            self._dropped = next(self._drops)
+            return
+        self._queue.put(line)
 
     def attach(self, logger: logging.Logger, formatter: logging.Formatter | None = None) -> None:
         """Feed `logger`'s records to this channel (until `close()`)."""
@@ -135,11 +142,8 @@ class LogChannel:
         for logger, handler in self._attached:
             logger.removeHandler(handler)
         self._attached.clear()
-        try:
-            self._queue.put(None, timeout=CLOSE_WAIT)
-        except queue.Full:
-            return  # the stream is stuck: the daemon writer is left behind
-        self._thread.join(CLOSE_WAIT)
+        self._queue.put(None)
+        self._thread.join(CLOSE_WAIT)  # a stuck stream: the daemon writer is left behind
 
     def _write(self) -> None:
         while True:
@@ -150,9 +154,9 @@ class LogChannel:
             self._emit(line)
 
     def _report_drops(self) -> None:
-        with self._lock:
-            new = self._dropped - self._reported
-            self._reported = self._dropped
+        dropped = self._dropped
+        new = dropped - self._reported
+        self._reported = dropped
         if new:
             self._emit(f"smtpkit: {new} log lines dropped (the log output is too slow)")
 

@@ -48,8 +48,8 @@ def run_processes(
     """Fork `count` children running `child(listen, tls_listen)` with the resolved ports;
     return 0 after a requested shutdown, else the first failing child's status. `started()`
     runs in the parent once every child is forked; if it raises, the children are stopped
-    and the exception goes on. SIGHUP reaches every child (each ignores it until it can
-    reload)."""
+    and the exception goes on. SIGHUP reaches every child; until a child installs its own
+    handler, the one in force before this call handles it (`smtpkit serve`'s remembers it)."""
     plain, plain_holders = _reserve(listen)
     secure, secure_holders = _reserve(tls_listen)
     children: dict[int, int] = {}  # pid -> index
@@ -76,9 +76,8 @@ def run_processes(
             if pid == 0:  # the child: serve, never return into the parent's code
                 code = 1
                 try:
-                    for sig, handler in previous.items():
+                    for sig, handler in previous.items():  # SIGHUP: until it can reload
                         signal.signal(sig, handler)
-                    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the child's own handler later
                     for sock in (*plain_holders, *secure_holders):
                         sock.close()
                     code = child(tuple(plain), tuple(secure))

@@ -5,10 +5,13 @@ and certificate, and a broken file is logged and changes nothing."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import smtplib
 import ssl
+import subprocess
+import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -144,3 +147,50 @@ def test_sighup_reaches_every_process(smtpkit: Callable[..., Process], tmp_path:
     assert "listen changed" not in server.log()
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(WAIT) == 0, server.log()
+
+
+SLOW_IMPORT = """\
+import time
+from pathlib import Path
+from smtpkit.handlers import SinkHandler
+
+Path("importing").touch()  # the test's cue: SIGHUP arrives while the server is starting
+time.sleep(1.0)
+
+
+class Handler(SinkHandler):
+    pass
+"""
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sighup_while_starting_is_a_reload_once_ready(tmp_path: Path, processes: int) -> None:
+    """A SIGHUP that arrives before the server can reload (here: while it imports the handler)
+    neither ends the process (SIGHUP's default action) nor is lost: once serving, the server,
+    or each of its --processes children, reloads."""
+    (tmp_path / "slowapp.py").write_text(SLOW_IMPORT)
+    config = tmp_path / "smtpkit.toml"
+    config.write_text('listen = ["127.0.0.1:0"]\nhostname = "one.example"\n')
+    log_path = tmp_path / "smtpkit.log"
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "smtpkit", "serve", "--config", str(config),
+             "--handler", "slowapp:Handler", "--processes", str(processes)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+            env=env,
+        )  # fmt: skip
+    server = Process(proc, log_path)
+    try:
+        assert wait_until(lambda: (tmp_path / "importing").exists()), server.log()
+        config.write_text('listen = ["127.0.0.1:0"]\nhostname = "two.example"\n')
+        proc.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: server.log().count("reloaded:") == processes), server.log()
+        assert proc.poll() is None, server.log()
+        assert wait_until(lambda: server.log().count("listening on") == processes)
+        server.wait_listening()
+        assert greeting((server.host, server.port)) == b"two.example"
+    finally:
+        server.stop()
+    assert proc.returncode == 0, server.log()
