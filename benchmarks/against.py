@@ -47,14 +47,16 @@ def _pinned(cmd: list[str], cpu: int) -> list[str]:
     return ["taskset", "-c", str(cpu), *cmd] if _PIN else cmd
 
 
-def _server(code: Path, transport: str) -> list[str]:
-    """The serve command of the code in `code` (a checkout), on the stdlib loop."""
+def _server(code: Path, transport: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """The serve command of the code in `code` (a checkout) on `port`, on the stdlib loop,
+    and its environment (that code first on the path)."""
     module = "smtpkit" if (code / "smtpkit" / "__main__.py").exists() else "transports"
-    return [
-        run.PY, "-m", module, "serve", "--listen", f"{run.HOST}:{{port}}",
+    cmd = [
+        run.PY, "-m", module, "serve", "--listen", f"{run.HOST}:{port}",
         "--hostname", run.HOSTNAME, "--log-level", "WARNING", "--handler", "sink",
         "--transport", transport, "--no-uvloop",
     ]  # fmt: skip
+    return cmd, {**os.environ, "PYTHONPATH": str(code), "SMTPKIT_LOOP": "asyncio"}
 
 
 def _one(
@@ -67,8 +69,7 @@ def _one(
 ) -> tuple[float, float]:
     """One run: (msg/s, server CPU µs per message)."""
     port = run.free_port(ports)
-    cmd = [arg.replace("{port}", str(port)) for arg in _server(code, transport)]
-    env = {**os.environ, "PYTHONPATH": str(code), "SMTPKIT_LOOP": "asyncio"}
+    cmd, env = _server(code, transport, port)
     log_path = logs / f"server-{port}.log"
     with log_path.open("wb") as log, run.running_server(_pinned(cmd, 0), env, log, cwd=code) as pid:
         run.wait_ready(pid, port, log_path)
@@ -93,9 +94,9 @@ def _instructions(
     totals = []
     for messages in (_SHORT, _LONG):
         port = run.free_port(ports)
+        serve, env = _server(code, transport, port)
         cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={logs}/callgrind.{port}"]
-        cmd += [arg.replace("{port}", str(port)) for arg in _server(code, transport)]
-        env = {**os.environ, "PYTHONPATH": str(code), "SMTPKIT_LOOP": "asyncio"}
+        cmd += serve
         log_path = logs / f"valgrind-{port}.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(cmd, env=env, cwd=code, stdout=log, stderr=log)

@@ -19,7 +19,17 @@ from typing import Final, cast, final
 
 from ._address import parse_path
 from ._config import Config
-from ._decisions import Accept, Close, Decision, Outcome, Reject, outcome_of
+from ._decisions import (
+    ACCEPTED,
+    CLOSING,
+    REJECTED,
+    Accept,
+    Close,
+    Decision,
+    Outcome,
+    Reject,
+    outcome_of,
+)
 from ._errors import LocalProtocolError, RemoteProtocolError, peer_error
 from ._events import (
     NEED_DATA,
@@ -49,7 +59,28 @@ from ._readers import END, ChunkDone, ChunkReader, DataReader
 from ._receivebuffer import TOO_LONG, ReceiveBuffer, TooLong
 from ._reply import Reply, format_reply
 from ._sasl import MECHANISMS, Credentials, SaslMechanism, decode_response
-from ._state import COMMAND_NAMES, FACTS, NEED_RCPT, UNKNOWN, Input, State, Trigger, next_state
+from ._state import (
+    CLOSED_STATE,
+    COMMAND_NAMES,
+    CONNECT_STATE,
+    FACTS,
+    HANDSHAKE_STATE,
+    NEED_RCPT,
+    ON_CLOSE,
+    ON_DATA,
+    ON_MAIL,
+    ON_MESSAGE_DONE,
+    ON_RCPT,
+    ON_RESET,
+    READS_PROXY,
+    READS_SASL,
+    READS_TEXT,
+    STARTTLS_STATE,
+    UNKNOWN,
+    State,
+    Trigger,
+    next_state,
+)
 from ._xclient import XCLIENT_ATTRIBUTES, parse_xclient, trusted
 
 __all__ = ["Answer", "ServerConnection"]
@@ -95,25 +126,6 @@ _NO_RECIPIENTS: Final = _r(554, "5.5.1", "Error: no valid recipients")
 #: initial response, "AUTH", a mechanism name (at most 20 octets, RFC 4422 3.1) and spaces.
 _AUTH_LINE_SLACK: Final = len("AUTH  ") + 20 + len("\r\n")
 
-# Enum members the per-command paths compare against, bound once: on Python 3.11 each
-# `State.CLOSED` goes through EnumType's __getattr__ hook, about 0.1 µs, several times a command.
-_CLOSED: Final = State.CLOSED
-_STARTTLS: Final = State.STARTTLS
-_HANDSHAKE: Final = State.HANDSHAKE
-_CONNECT: Final = State.CONNECT
-_TEXT: Final = Input.TEXT
-_PROXY: Final = Input.PROXY
-_SASL: Final = Input.SASL
-_ON_MAIL: Final = Trigger.MAIL
-_ON_RCPT: Final = Trigger.RCPT
-_ON_DATA: Final = Trigger.DATA
-_ON_MESSAGE_DONE: Final = Trigger.MESSAGE_DONE
-_ON_CLOSE: Final = Trigger.CLOSE
-_ON_RESET: Final = Trigger.RESET
-_ACCEPTED: Final = Outcome.ACCEPT
-_CLOSING: Final = Outcome.CLOSE
-_REJECTED: Final = Outcome.REJECT
-
 
 @final
 class ServerConnection:
@@ -141,7 +153,7 @@ class ServerConnection:
         #: XCLIENT names it.
         self.peer = peer
         proxied = self.config.proxy_protocol
-        self._state = State.PROXY if proxied else _CONNECT
+        self._state = State.PROXY if proxied else CONNECT_STATE
         self._facts = FACTS[self._state]
         self._buf = ReceiveBuffer()
         self._out = bytearray()
@@ -206,7 +218,7 @@ class ServerConnection:
     def reading_content(self) -> bool:
         """The bytes the engine reads now are message content: DATA text, or the octets of a
         BDAT chunk (a refused one included), not command lines."""
-        return self._facts.reads is _TEXT or self._chunks.active
+        return self._facts.reads is READS_TEXT or self._chunks.active
 
     @property
     def helo_name(self) -> str | None:
@@ -292,7 +304,7 @@ class ServerConnection:
         """In the HANDSHAKE state (implicit TLS behind a proxy): the bytes that arrived right
         behind the PROXY header, the start of the TLS handshake. Hand them to TLS before
         anything read later; `tls_started()` drops them from the engine. Else b""."""
-        if self._state is not _HANDSHAKE:
+        if self._state is not HANDSHAKE_STATE:
             return b""
         return self._buf.peek(len(self._buf))
 
@@ -319,9 +331,9 @@ class ServerConnection:
 
     def receive_data(self, data: bytes | bytearray) -> None:
         """Store bytes from the peer; b"" means the peer closed its side."""
-        if self._state is _CLOSED:
+        if self._state is CLOSED_STATE:
             return
-        handshake = self._state is _STARTTLS or self._state is _HANDSHAKE
+        handshake = self._state is STARTTLS_STATE or self._state is HANDSHAKE_STATE
         if not data:
             self._eof = True
             if handshake:  # the peer left during the handshake
@@ -341,9 +353,13 @@ class ServerConnection:
 
         Peer errors never raise: they are answered in the output buffer.
         """
-        if self._pending is not None or self._state is _STARTTLS or self._state is _HANDSHAKE:
+        if (
+            self._pending is not None
+            or self._state is STARTTLS_STATE
+            or self._state is HANDSHAKE_STATE
+        ):
             return PAUSED
-        if self._state is _CLOSED and self._held is None:
+        if self._state is CLOSED_STATE and self._held is None:
             return self._closed()
         while True:
             if self._held is not None:
@@ -361,7 +377,7 @@ class ServerConnection:
                         self._held = event
                     return MessageAborted(reason=reason)
             if event is None:
-                if self.state is _CLOSED:  # the property: mypy narrows attributes
+                if self.state is CLOSED_STATE:  # the property: mypy narrows attributes
                     return self._closed()
                 continue
             if event is NEED_DATA:
@@ -377,7 +393,7 @@ class ServerConnection:
             if kind in _ANSWERS:
                 if kind in self.auto_accept:
                     self._answer(event, _ACCEPT)
-                    if self.state is _STARTTLS:
+                    if self.state is STARTTLS_STATE:
                         return PAUSED  # the transport runs the handshake now
                     continue
                 self._pending = event
@@ -425,12 +441,12 @@ class ServerConnection:
         """The STARTTLS handshake succeeded: forget the session, as RFC 3207 4.2 requires.
         (Behind a proxy on an implicit-TLS listener: the handshake after the PROXY header
         succeeded, and the session begins.)"""
-        if self._state is _HANDSHAKE:
+        if self._state is HANDSHAKE_STATE:
             self._tls = True
             self._buf.clear()  # `trailing_data`: the transport gave it to TLS
             self._go(Trigger.TLS_DONE)
             return
-        if self._state is not _STARTTLS:
+        if self._state is not STARTTLS_STATE:
             raise LocalProtocolError("tls_started() without an accepted STARTTLS")
         self._tls = True
         self._forget_session()
@@ -440,7 +456,7 @@ class ServerConnection:
         """End the session from the transport's side (a timeout, a shutdown) with `reply`
         queued in the output buffer, or silently with None (the connection is gone). Input not
         yet processed and any pending event are dropped."""
-        if self._state is not _CLOSED:
+        if self._state is not CLOSED_STATE:
             self._pending = None
             self._buf.clear()
             if reply is not None:
@@ -454,9 +470,9 @@ class ServerConnection:
         self._facts = FACTS[state]
 
     def _close(self, reason: CloseReason) -> None:
-        if self._state is not _CLOSED:
+        if self._state is not CLOSED_STATE:
             self._close_reason = reason
-            self._go(_ON_CLOSE)
+            self._go(ON_CLOSE)
 
     def _write(self, reply: Reply, *, enhanced: bool = True) -> None:
         self._out += format_reply(reply, enhanced=enhanced and self.config.enhanced_status_codes)
@@ -510,18 +526,18 @@ class ServerConnection:
 
     def _step(self) -> Event | Signal | None:
         reads = self._facts.reads
-        if reads is _TEXT:
+        if reads is READS_TEXT:
             return self._read_data()
-        if reads is _PROXY:
+        if reads is READS_PROXY:
             return self._read_proxy()
-        if self._state is _CONNECT:
+        if self._state is CONNECT_STATE:
             return Connected(peer=self.peer)
         if self._chunks.active:
             return self._read_chunk()
         line = self._buf.line(self._line_cap)
         if line is None:
             return NEED_DATA
-        if reads is _SASL:
+        if reads is READS_SASL:
             return self._sasl_line(line)
         if line is TOO_LONG or (len(line) > self._command_cap and line[:5].upper() != b"AUTH "):
             raise RemoteProtocolError("line too long", _TOO_LONG)
@@ -598,7 +614,7 @@ class ServerConnection:
         assert isinstance(result, Reply)  # the end of a failed message's text
         self._write(result)
         self._reset_transaction()
-        self._go(_ON_MESSAGE_DONE)
+        self._go(ON_MESSAGE_DONE)
         return None
 
     def _read_chunk(self) -> Event | Signal | None:
@@ -616,7 +632,7 @@ class ServerConnection:
         if refusal is not None:
             if refusal.code in _CONTENT_REFUSALS:  # the content itself: the transaction ends
                 self._reset_transaction()
-                self._go(_ON_RESET)
+                self._go(ON_RESET)
                 self._write(refusal)
                 return None
             raise RemoteProtocolError("BDAT refused", refusal)
@@ -678,7 +694,7 @@ class ServerConnection:
     def _cmd_data(self, verb: str, arg: str) -> None:
         if arg:
             raise peer_error(501, "5.5.4", "Syntax: DATA")
-        self._go(_ON_DATA)
+        self._go(ON_DATA)
         self._content_open = True
         self._data.start(self._buf)
         self._write(_GO_AHEAD, enhanced=False)
@@ -707,7 +723,7 @@ class ServerConnection:
         if arg:
             raise peer_error(501, "5.5.4", "Syntax: RSET")
         self._reset_transaction()
-        self._go(_ON_RESET)
+        self._go(ON_RESET)
         self._write(_OK)
         return Reset()
 
@@ -865,21 +881,18 @@ class ServerConnection:
     def _decide(self, answer: Decision | Reply, ok: Reply, no: Reply) -> tuple[Outcome, Reply]:
         """Resolve an answer against the event's standard replies: its outcome, and the reply
         to write."""
-        if type(answer) is Accept and answer.text is None:  # the common case, first
-            self.answered_codes.append(ok.code)
-            return _ACCEPTED, ok
         outcome, reply = self._resolve(answer, ok, no)
         self.answered_codes.append(reply.code)
         return outcome, reply
 
     def _resolve(self, answer: Decision | Reply, ok: Reply, no: Reply) -> tuple[Outcome, Reply]:
+        if type(answer) is Accept:  # the common case, first (the class is final)
+            if answer.text is None:
+                return ACCEPTED, ok
+            return ACCEPTED, Reply(code=ok.code, text=(answer.text,), enhanced=ok.enhanced)
         outcome = outcome_of(answer)
         if isinstance(answer, Reply):
             return outcome, answer
-        if isinstance(answer, Accept):
-            if answer.text is None:
-                return outcome, ok
-            return outcome, Reply(code=ok.code, text=(answer.text,), enhanced=ok.enhanced)
         if isinstance(answer, Reject):
             code = no.code if answer.code is None else answer.code
             text = no.text if answer.text is None else (answer.text,)
@@ -898,9 +911,9 @@ class ServerConnection:
         if not isinstance(answer, Reply) and not reply.text[0].startswith(host):
             reply = Reply(code=reply.code, text=(f"{host} {reply.text[0]}",))
         self._write(reply, enhanced=False)
-        if outcome is _CLOSING:
+        if outcome is CLOSING:
             self._close(CloseReason.REFUSED)
-        elif outcome is _ACCEPTED:
+        elif outcome is ACCEPTED:
             # After an XCLIENT that named the HELO, the client need not greet again.
             self._go(Trigger.GREET if self._helo is None else Trigger.GREET_HELLO)
         else:
@@ -910,7 +923,7 @@ class ServerConnection:
         assert isinstance(event, Hello)
         host = self.config.hostname
         outcome, reply = self._decide(answer, _r(250, None, host), _HELLO_NO)
-        if outcome is _ACCEPTED:
+        if outcome is ACCEPTED:
             first = reply.text[0] if reply.text and reply.text[0] else host
             if not first.startswith(host):
                 first = f"{host} {first}"
@@ -921,7 +934,7 @@ class ServerConnection:
             self._go(Trigger.HELLO)
             return
         self._write(reply)
-        if outcome is _CLOSING:
+        if outcome is CLOSING:
             self._close(CloseReason.REFUSED)
         else:
             self._go(Trigger.HELLO_REJECTED)
@@ -946,38 +959,38 @@ class ServerConnection:
         assert isinstance(event, AuthCredentials)
         outcome, reply = self._decide(answer, _AUTH_OK, _AUTH_NO)
         self._go(Trigger.AUTH_DONE)
-        if outcome is _ACCEPTED:
+        if outcome is ACCEPTED:
             self._user = event.username
-        elif outcome is _REJECTED:
+        elif outcome is REJECTED:
             self._auth_failures += 1
             if self._auth_failures >= self.config.max_auth_failures:
                 self._write(_r(421, "4.7.0", "Error: too many failed authentication attempts"))
                 self._close(CloseReason.AUTH)
                 return
         self._write(reply)
-        if outcome is _CLOSING:
+        if outcome is CLOSING:
             self._close(CloseReason.REFUSED)
 
     def _answer_mail(self, event: Event, answer: Decision | Reply) -> None:
         assert isinstance(event, MailFrom)
         outcome, reply = self._decide(answer, _MAIL_OK, _MAIL_NO)
         self._write(reply)
-        if outcome is _ACCEPTED:
+        if outcome is ACCEPTED:
             self._sender = event.sender
             self._mail_params = event.params
-            self._go(_ON_MAIL)
-        elif outcome is _CLOSING:
+            self._go(ON_MAIL)
+        elif outcome is CLOSING:
             self._close(CloseReason.REFUSED)
 
     def _answer_rcpt(self, event: Event, answer: Decision | Reply) -> None:
         assert isinstance(event, RcptTo)
         outcome, reply = self._decide(answer, _RCPT_OK, _RCPT_NO)
         self._write(reply)
-        if outcome is _ACCEPTED:
+        if outcome is ACCEPTED:
             self._recipients.append(event.recipient)
             self._rcpt_params.append(event.params)
-            self._go(_ON_RCPT)
-        elif outcome is _CLOSING:
+            self._go(ON_RCPT)
+        elif outcome is CLOSING:
             self._close(CloseReason.REFUSED)
 
     def _answer_message(self, event: Event, answer: Decision | Reply) -> None:
@@ -998,22 +1011,22 @@ class ServerConnection:
 
     def _message_answered(self, outcomes: set[Outcome]) -> None:
         self._reset_transaction()
-        self._go(_ON_MESSAGE_DONE)
-        if _ACCEPTED in outcomes:
+        self._go(ON_MESSAGE_DONE)
+        if ACCEPTED in outcomes:
             # A delivered message forgives earlier errors and junk commands, as in Postfix.
             self._errors = self._junk = 0
-        if _CLOSING in outcomes:
+        if CLOSING in outcomes:
             self._close(CloseReason.REFUSED)
 
     def _answer_starttls(self, event: Event, answer: Decision | Reply) -> None:
         outcome, reply = self._decide(answer, _TLS_OK, _TLS_NO)
         self._write(reply)
-        if outcome is _ACCEPTED:
+        if outcome is ACCEPTED:
             # Anything pipelined behind STARTTLS is dropped unread (RFC 3207 5).
             self._discarded += len(self._buf)
             self._buf.clear()
             self._go(Trigger.STARTTLS)
-        elif outcome is _CLOSING:
+        elif outcome is CLOSING:
             self._close(CloseReason.REFUSED)
 
 

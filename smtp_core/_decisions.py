@@ -10,7 +10,17 @@ from typing import Final, final
 
 from ._reply import Reply
 
-__all__ = ["Accept", "Close", "Decision", "Outcome", "Reject", "outcome_of"]
+__all__ = [
+    "ACCEPTED",
+    "CLOSING",
+    "REJECTED",
+    "Accept",
+    "Close",
+    "Decision",
+    "Outcome",
+    "Reject",
+    "outcome_of",
+]
 
 
 @final
@@ -67,10 +77,10 @@ class Outcome(enum.Enum):
     CLOSE = "close"
 
 
-# Bound once: an enum member costs a hook call on Python 3.11, and this runs for every answer.
-_ACCEPTED: Final = Outcome.ACCEPT
-_CLOSING: Final = Outcome.CLOSE
-_REJECTED: Final = Outcome.REJECT
+# Bound once (see `_state`'s members): every answer is resolved to one of them.
+ACCEPTED: Final = Outcome.ACCEPT
+CLOSING: Final = Outcome.CLOSE
+REJECTED: Final = Outcome.REJECT
 
 
 def outcome_of(answer: Decision | Reply) -> Outcome:
@@ -78,12 +88,12 @@ def outcome_of(answer: Decision | Reply) -> Outcome:
     3.8), whichever type carries it; a `Reply` of 2xx or 3xx accepts."""
     kind = type(answer)  # the classes are final: comparing types is exact, and fast
     if kind is Accept:
-        return _ACCEPTED
+        return ACCEPTED
     if kind is Close:
-        return _CLOSING
+        return CLOSING
     assert isinstance(answer, (Reject, Reply))
     if answer.code == 421:
-        return _CLOSING
+        return CLOSING
     if isinstance(answer, Reply) and answer.is_positive:
-        return _ACCEPTED
-    return _REJECTED
+        return ACCEPTED
+    return REJECTED

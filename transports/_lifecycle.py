@@ -369,12 +369,6 @@ class SessionClock:
 
     def deadline(self) -> Deadline:
         """The deadline of what the session waits for now."""
-        if (
-            self._hook_start is None
-            and self._handshake_start is None
-            and self._write_blocked is None
-        ):
-            return Deadline(self._read_deadline(), _TIMEOUT)  # the common case, first
         o = self._lifecycle.options
         if self._hook_start is not None:  # never cut by stress (see the module docstring)
             found = Deadline(self._hook_start + o.hook_timeout, Expiry.HOOK)
@@ -382,7 +376,7 @@ class SessionClock:
             at = self._until(self._handshake_start, o.tls_handshake_timeout)
             found = Deadline(at, Expiry.HANDSHAKE)
         else:
-            found = Deadline(self._read_deadline(), Expiry.TIMEOUT)
+            found = Deadline(self._read_deadline(), _TIMEOUT)
         if self._write_blocked is not None:
             unread = self._until(self._write_blocked, o.timeout)
             if unread < found.at:
