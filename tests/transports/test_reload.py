@@ -164,7 +164,10 @@ class Handler(SinkHandler):
 
 
 @pytest.mark.parametrize("processes", [1, 2])
-def test_sighup_while_starting_is_a_reload_once_ready(tmp_path: Path, processes: int) -> None:
+@pytest.mark.parametrize("transport", ["asyncio", "anyio", "threads"])
+def test_sighup_while_starting_is_a_reload_once_ready(
+    tmp_path: Path, transport: str, processes: int
+) -> None:
     """A SIGHUP that arrives before the server can reload (here: while it imports the handler)
     neither ends the process (SIGHUP's default action) nor is lost: once serving, the server,
     or each of its --processes children, reloads."""
@@ -177,7 +180,8 @@ def test_sighup_while_starting_is_a_reload_once_ready(tmp_path: Path, processes:
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "smtpkit", "serve", "--config", str(config),
-             "--handler", "slowapp:Handler", "--processes", str(processes)],
+             "--handler", "slowapp:Handler", "--processes", str(processes),
+             "--transport", transport, "--no-uvloop"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
             env=env,
         )  # fmt: skip
